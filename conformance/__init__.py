@@ -1,0 +1,1 @@
+"""Conformance tests, one module per spec family; run with ``diffrl conform``."""

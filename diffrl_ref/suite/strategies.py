@@ -1,0 +1,61 @@
+"""Hypothesis strategies for the spec's common symbols."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from numpy.typing import NDArray
+
+
+def finite(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def betas(
+    draw: st.DrawFn,
+    min_K: int = 1,
+    max_K: int = 40,
+    lo: float = 1e-4,
+    hi: float = 0.5,
+    min_alpha_bar: float = 1e-4,
+) -> NDArray[np.float64]:
+    """A valid schedule beta_1..beta_K: a named family or arbitrary values in [lo, hi].
+
+    ``min_alpha_bar`` keeps alpha_bar_K away from 0, where reconstruction of x_0 is
+    ill-conditioned (the spec's domains state this bound where it matters).
+    """
+    K = draw(st.integers(min_K, max_K))
+    kind = draw(st.sampled_from(["linear", "vp", "random"]))
+    if kind == "linear" and K >= 2:
+        b1 = draw(finite(lo, hi))
+        bK = draw(finite(b1, hi))
+        b = b1 + (np.arange(K) / (K - 1)) * (bK - b1)
+    elif kind == "vp":
+        bmin = draw(finite(0.05, 1.0))
+        bmax = draw(finite(bmin, 20.0))
+        k = np.arange(1, K + 1)
+        b = 1 - np.exp(-bmin / K - 0.5 * (bmax - bmin) * (2 * k - 1) / K**2)
+    else:
+        b = np.asarray(draw(st.lists(finite(lo, hi), min_size=K, max_size=K)), dtype=np.float64)
+    b = np.clip(b, lo, 0.999)
+    # Scale down until alpha_bar_K >= min_alpha_bar (keeps the domain well conditioned).
+    while np.prod(1 - b) < min_alpha_bar:
+        b = b * 0.5
+    return b.astype(np.float64)
+
+
+def batch(B: int, d: int, scale: float = 10.0) -> st.SearchStrategy[NDArray[np.float64]]:
+    return hnp.arrays(np.float64, (B, d), elements=finite(-scale, scale))
+
+
+@st.composite
+def batch_any(draw: st.DrawFn, max_B: int = 6, max_d: int = 5, scale: float = 10.0) -> NDArray[np.float64]:
+    B = draw(st.integers(1, max_B))
+    d = draw(st.integers(1, max_d))
+    return draw(batch(B, d, scale))
+
+
+def seeds() -> st.SearchStrategy[int]:
+    return st.integers(0, 2**32 - 1)
