@@ -13,7 +13,6 @@ from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_th
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.strategies import betas, finite
 
-
 # ---- schedule.alpha_bar ---------------------------------------------------------------
 
 

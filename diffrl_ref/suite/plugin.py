@@ -67,8 +67,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection, so only selected tests count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
+    state.filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
     known = spec.clauses()
     for item in items:
         mark = item.get_closest_marker("clause")
@@ -80,7 +82,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if prop not in {p.name for p in known[cid].properties}:
             raise pytest.UsageError(f"{item.nodeid}: clause {cid} has no property {prop!r}")
         state.tests.setdefault(cid, []).append(item.nodeid)
-        dev = state.match_deviation(cid, prop)
+        dev = state.match_deviation(cid, prop, item.nodeid)
         if dev is not None:
             item.add_marker(pytest.mark.xfail(reason=f"deviation ({dev.category}): {dev.reason}", strict=False))
 

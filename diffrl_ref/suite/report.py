@@ -69,12 +69,13 @@ class RunState:
     impl: Any
     deviations: list[Deviation]
     tests: dict[str, list[str]] = field(default_factory=dict)
-    used: set[int] = field(default_factory=set)
+    matched: dict[int, list[str]] = field(default_factory=dict)  # deviation index -> selected node ids
+    filtered: bool = False  # -k / -m given: unmatched entries are not stale, just not selected
 
-    def match_deviation(self, clause_id: str, prop: str) -> Deviation | None:
+    def match_deviation(self, clause_id: str, prop: str, nodeid: str) -> Deviation | None:
         for i, d in enumerate(self.deviations):
             if d.matches(clause_id, prop):
-                self.used.add(i)
+                self.matched.setdefault(i, []).append(nodeid)
                 return d
         return None
 
@@ -88,15 +89,18 @@ class RunState:
             for cid, c in spec.clauses().items()
         }
         warnings: list[str] = []
+        outcome_of: dict[str, str] = {}
         for r in reports:
             cid = by_node.get(r.nodeid)
             if cid is None:
                 continue
             outcome = _outcome(r)
+            outcome_of[r.nodeid] = outcome
             entry = per[cid]
             entry["tests"].append({"id": r.nodeid.split("/")[-1], "outcome": outcome})
             for k, v in r.user_properties:
-                if k == "diffrl_worst" and v and (entry["max_error_ratio"] is None or v["ratio"] > entry["max_error_ratio"]):
+                best = entry["max_error_ratio"]
+                if k == "diffrl_worst" and v and (best is None or v["ratio"] > best):
                     entry["max_error_ratio"], entry["max_abs_error"] = v["ratio"], v["abs_error"]
             if outcome == "fail":
                 entry["failures"].append(_failure(r, cid, self.impl_arg))
@@ -104,7 +108,7 @@ class RunState:
                 entry["deviations"].append(str(getattr(r, "wasxfail", "")))
             elif outcome == "xpass":
                 warnings.append(f"{r.nodeid}: passes although a deviation is listed for it (stale entry?)")
-        for cid, entry in per.items():
+        for entry in per.values():
             outs = {t["outcome"] for t in entry["tests"]}
             entry["status"] = (
                 "fail" if "fail" in outs else
@@ -113,8 +117,14 @@ class RunState:
                 "not-implemented" if "not-implemented" in outs else
                 "not-run")
         for i, d in enumerate(self.deviations):
-            if i not in self.used:
-                warnings.append(f"deviation entry {d.clause}:{d.prop} matches no test (stale entry?)")
+            nodes = self.matched.get(i, [])
+            if not nodes:
+                if not self.filtered:
+                    warnings.append(f"deviation entry {d.clause}:{d.prop} matches no test (stale entry?)")
+            elif not any(outcome_of.get(n) == "deviation" for n in nodes):
+                seen = sorted({outcome_of.get(n, "not-run") for n in nodes})
+                warnings.append(f"deviation entry {d.clause}:{d.prop} did not occur (its tests: "
+                                f"{', '.join(seen)}); stale entry?")
         counts = {s: sum(1 for e in per.values() if e["status"] == s) for s in STATUSES}
         return {
             "suite": {"name": "diffrl-ref", "version": __version__, "spec_version": spec.version(),
@@ -139,22 +149,28 @@ def _outcome(r: Any) -> str:
     return "pass" if r.passed else "fail"
 
 
-_FALSIFYING = re.compile(r"^(Falsifying (?:explicit )?example:.*?)(?:\n\n|\Z)", re.S | re.M)
+_EXAMPLE_START = re.compile(r"^(Falsifying (explicit )?example|Failing test case):")
 _BLOB = re.compile(r"(@reproduce_failure\([^)]*\))")
 
 
 def _failure(r: Any, cid: str, impl_arg: str) -> dict[str, Any]:
     text = str(r.longreprtext)
-    m = _FALSIFYING.search(text)
-    msg = next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("E ") and cid in ln), "")
-    detail = [ln[2:].rstrip() for ln in text.splitlines() if ln.startswith("E ")][:8]
+    elines = [ln[4:].rstrip() if ln.startswith("E   ") else ln[2:].rstrip() for ln in text.splitlines()
+              if ln.startswith("E ")]
+    start = next((i for i, ln in enumerate(elines) if _EXAMPLE_START.match(ln)), None)
+    example = None
+    if start is not None:
+        end = next((j for j in range(start, len(elines)) if elines[j] == ")"), len(elines) - 1)
+        example = "\n".join(elines[start:end + 1])
+    detail = elines[: start if start is not None else 8][:8]
+    msg = next((ln.strip() for ln in detail if cid in ln), detail[0] if detail else "")
     test = r.nodeid.split("::")[-1].split("[")[0]
     blob = _BLOB.search(text)
     return {
         "test": r.nodeid.split("/")[-1],
-        "message": msg or (detail[0] if detail else ""),
+        "message": msg,
         "detail": detail,
-        "falsifying_example": m.group(1).strip() if m else None,
+        "falsifying_example": example,
         "reproduce": f"diffrl conform --impl {shlex.quote(impl_arg)} -k {shlex.quote(test)}",
         "reproduce_failure": blob.group(1) if blob else None,
     }

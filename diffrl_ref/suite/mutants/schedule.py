@@ -20,7 +20,7 @@ def _alpha_bar_shifted(betas: ArrayLike) -> F:
 
 def _alpha_bar_no_zero(betas: ArrayLike) -> F:
     # Plain cumprod: forgets alpha_bar_0 = 1, so alpha_bar[k] is alpha_bar_{k+1}.
-    return np.cumprod(1 - np.asarray(betas, dtype=np.float64))
+    return np.cumprod(1 - np.asarray(betas, dtype=np.float64)).astype(np.float64)
 
 
 def _alpha_bar_sum(betas: ArrayLike) -> F:
@@ -48,14 +48,14 @@ def _linear_float32(K: int, beta_start: float = 1e-4, beta_end: float = 0.02) ->
 def _cosine_no_clip(K: int, s: float = 0.008, max_beta: float = 0.999) -> F:
     f = np.cos((np.arange(K + 1) / K + s) / (1 + s) * np.pi / 2) ** 2
     a = f / f[0]
-    return 1 - a[1:] / a[:-1]
+    return np.asarray(1 - a[1:] / a[:-1], dtype=np.float64)
 
 
 def _cosine_no_offset_norm(K: int, s: float = 0.008, max_beta: float = 0.999) -> F:
     # Drops the 1/(1+s) factor: alpha_bar no longer reaches ~0 at k = K as intended.
     f = np.cos((np.arange(K + 1) / K + s) * np.pi / 2) ** 2
     a = f / f[0]
-    return np.clip(1 - a[1:] / a[:-1], 0, max_beta)
+    return np.asarray(np.clip(1 - a[1:] / a[:-1], 0, max_beta), dtype=np.float64)
 
 
 def _vp_2k_plus_1(K: int, beta_min: float = 0.1, beta_max: float = 10.0) -> F:

@@ -1,0 +1,201 @@
+"""The ``diffrl`` command line.
+
+``diffrl spec [--json]``        the clause table with coverage
+``diffrl conform [...]``        run the conformance suite against an implementation
+``diffrl selftest [...]``       run the suite against planted bugs and report the fraction caught
+``diffrl docs``                 regenerate the per-clause docs pages from spec/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class CliError(Exception):
+    """One clear line for the user, exit status 2."""
+
+
+def _coverage() -> list[dict[str, Any]]:
+    import importlib
+
+    from . import spec
+    from .docgen import page_path
+    from .suite.selftest import load_conformance
+
+    registry = load_conformance()
+    rows = []
+    for c in spec.clauses().values():
+        mod_name, _, fn_name = c.reference_name.rpartition(".")
+        try:
+            ref: str | None = c.reference_name if callable(
+                getattr(importlib.import_module(mod_name), fn_name, None)) else None
+        except ModuleNotFoundError:
+            ref = None
+        page = page_path(c.id)
+        rows.append({
+            "id": c.id,
+            "title": c.title,
+            "family": c.family,
+            "source": f"{c.source.publication}; {c.source.equation}",
+            "deck": c.source.deck,
+            "reference": ref,
+            "tests": sorted(r.test_id for r in registry.values() if r.clause_id == c.id),
+            "properties": [p.name for p in c.properties],
+            "docs": f"docs/clauses/{c.id}.rst" if page is not None and page.is_file() else None,
+            "tolerance": c.tolerance.expr,
+            "since": c.since,
+        })
+    return rows
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    rows = _coverage()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from . import spec
+
+    w = max(len(r["id"]) for r in rows)
+    print(f"diffrl-ref spec {spec.version()}: {len(rows)} clauses")
+    print(f"{'clause'.ljust(w)}  ref  tests  props  docs  title")
+    for r in rows:
+        print(f"{r['id'].ljust(w)}  {'yes' if r['reference'] else 'NO ':3}  {len(r['tests']):5}  "
+              f"{len(r['properties']):5}  {'yes' if r['docs'] else 'NO ':4}  {r['title']}")
+    missing = [r["id"] for r in rows if not (r["reference"] and r["tests"] and r["docs"])]
+    tail = f"; incomplete: {', '.join(missing)}" if missing else ""
+    print(f"complete: {len(rows) - len(missing)}/{len(rows)}{tail}")
+    return 0
+
+
+def conformance_dir() -> Path:
+    """The installed conformance test directory (also the checkout's conformance/ in editable mode)."""
+    import importlib
+
+    return Path(next(iter(importlib.import_module("diffrl_ref.conformance").__path__)))
+
+
+def cmd_conform(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import os
+
+    from .suite.adapter import BUILTINS, resolve
+
+    if args.list:
+        for name, (_, desc) in BUILTINS.items():
+            print(f"{name}\t{desc}")
+        return 0
+    try:
+        resolve(args.impl, dtype=args.dtype, device=args.device)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    if args.report:
+        parent = Path(args.report).resolve().parent
+        if not parent.is_dir():
+            raise CliError(f"--report {args.report}: directory {parent} does not exist")
+    os.environ["DIFFRL_PROFILE"] = args.profile
+    import pytest
+
+    pyargs = [str(conformance_dir()), "-q", "--tb=short", "--impl", args.impl, f"--hypothesis-profile={args.profile}"]
+    if args.dtype:
+        pyargs += ["--impl-dtype", args.dtype]
+    if args.device:
+        pyargs += ["--impl-device", args.device]
+    if args.deviations:
+        pyargs += ["--deviations", args.deviations]
+    if args.report:
+        pyargs += ["--diffrl-report", args.report]
+    if args.k:
+        pyargs += ["-k", args.k]
+    if args.workers:
+        pyargs += ["-n", str(args.workers)]
+    return int(pytest.main(pyargs + list(extra)))
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from .suite import selftest
+
+    verdicts = selftest.run_all(args.family + "." if args.family else "")
+    w = max((len(v.mutant.name) for v in verdicts), default=10)
+    for v in verdicts:
+        mark = "caught" if v.caught else "MISSED"
+        print(f"{mark:6}  {v.mutant.clause:28} {v.mutant.name.ljust(w)}  {v.mutant.description}")
+        if not v.caught:
+            for p in v.missed:
+                print(f"        not caught by property {p}")
+            for e in v.errors:
+                print(f"        {e}")
+    s = selftest.summary(verdicts)
+    gaps = [g for g in selftest.coverage_gaps() if g.startswith(args.family or "")]
+    print(f"planted bugs caught on the right clause: {s['caught']}/{s['mutants']} ({100 * s['fraction']:.1f}%)")
+    if gaps:
+        print(f"properties no planted bug exercises: {', '.join(gaps)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**s, "uncovered_properties": gaps}, indent=2))
+    return 0 if s["fraction"] == 1.0 and not gaps else 1
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from .docgen import write_pages
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CliError(f"--out {out}: parent directory does not exist")
+    changed = write_pages(out)
+    print(f"{len(changed)} page(s) written to {out}" + (f": {', '.join(changed)}" if changed else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="diffrl", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"diffrl-ref {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("spec", help="list the spec's clauses with their coverage")
+    s.add_argument("--json", action="store_true", help="one JSON object per clause")
+
+    c = sub.add_parser("conform", help="run the conformance suite (extra arguments go to pytest)")
+    c.add_argument("--impl", default="reference", help="built-in name (see --list) or package.module:object")
+    c.add_argument("--list", action="store_true", help="list the built-in implementations and exit")
+    c.add_argument("--dtype", choices=["float64", "float32", "bfloat16"], help="dtype, for adapters that take one")
+    c.add_argument("--device", choices=["cpu", "cuda"], help="device, for adapters that take one")
+    c.add_argument("--profile", choices=["ci", "thorough"], default="ci", help="hypothesis profile (default: ci)")
+    c.add_argument("--report", metavar="PATH", help="write the per-clause report as JSON")
+    c.add_argument("--deviations", metavar="PATH", help="known-deviations file (default: the built-in one)")
+    c.add_argument("-k", metavar="EXPR", help="only tests matching this pytest -k expression")
+    c.add_argument("-n", dest="workers", metavar="N", help="parallel workers (needs pytest-xdist)")
+
+    t = sub.add_parser("selftest", help="plant bugs in the reference and check the suite catches each")
+    t.add_argument("--family", default="", help="only this spec family")
+    t.add_argument("--json", metavar="PATH", help="write the summary as JSON")
+
+    d = sub.add_parser("docs", help="regenerate docs/clauses/*.rst from spec/")
+    d.add_argument("--out", default="docs/clauses", help="output directory (default: docs/clauses)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "conform":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "spec":
+            return cmd_spec(args)
+        if args.command == "conform":
+            return cmd_conform(args, extra)
+        if args.command == "selftest":
+            return cmd_selftest(args)
+        return cmd_docs(args)
+    except CliError as exc:
+        print(f"diffrl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The diffrl command line: spec listing, conformance runs, reports, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would: from a directory outside the checkout, so the installed
+    package (not the source tree) is what runs."""
+    import os
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH=str(FIXTURES) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "diffrl_ref", *args], capture_output=True, text=True,
+                          env=env, cwd=tempfile.gettempdir(), timeout=600)
+
+
+def test_spec_json() -> None:
+    r = run("spec", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert {"schedule.alpha_bar", "schedule.vp"} <= {row["id"] for row in rows}
+    for row in rows:
+        assert row["reference"] == f"diffrl_ref.reference.{row['id']}"
+        assert row["tests"] and all(row["id"] in t for t in row["tests"])
+        assert row["docs"] == f"docs/clauses/{row['id']}.rst"
+
+
+def test_spec_table() -> None:
+    r = run("spec")
+    assert r.returncode == 0 and "schedule.alpha_bar" in r.stdout and "complete:" in r.stdout
+
+
+def test_conform_list() -> None:
+    r = run("conform", "--list")
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0].split("\t")[0] == "reference"
+
+
+@pytest.mark.parametrize("impl", ["nosuchname", "nosuchmodule:obj", "user_adapter:missing"])
+def test_conform_bad_impl_is_one_clear_line(impl: str) -> None:
+    r = run("conform", "--impl", impl)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffrl: error:") and impl in lines[0], r.stderr
+
+
+def test_conform_report_reference(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = run("conform", "-k", "schedule", "--report", str(out))
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "implementation: reference" in r.stdout
+    rep = json.loads(out.read_text())
+    assert rep["implementation"]["name"] == "reference"
+    statuses = {c["id"]: c["status"] for c in rep["clauses"]}
+    assert statuses["schedule.alpha_bar"] == "pass"
+    assert rep["run"]["date"] and rep["suite"]["hypothesis_profile"] == "ci"
+
+
+def test_conform_user_adapter_partial(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = run("conform", "--impl", "user_adapter:adapter", "-k", "schedule or ddpm", "--report", str(out))
+    rep = json.loads(out.read_text())
+    statuses = {c["id"]: c["status"] for c in rep["clauses"]}
+    assert rep["implementation"]["dtype"] == "float32"
+    assert statuses["schedule.alpha_bar"] == "pass", r.stdout[-3000:]
+    assert statuses["schedule.linear"] == "pass", r.stdout[-3000:]
+    assert statuses["schedule.cosine"] == "not-implemented"
+    assert r.returncode == 0
+
+
+def test_conform_failure_report_names_clause_and_reproduction(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = run("conform", "--impl", "user_adapter:broken", "-k", "alpha_bar", "--report", str(out))
+    assert r.returncode == 1
+    rep = json.loads(out.read_text())
+    c = next(c for c in rep["clauses"] if c["id"] == "schedule.alpha_bar")
+    assert c["status"] == "fail"
+    f = c["failures"][0]
+    assert "schedule.alpha_bar" in f["message"]
+    assert f["reproduce"].startswith("diffrl conform --impl user_adapter:broken -k ")
+    assert f["falsifying_example"] and "b=array([" in f["falsifying_example"]
+    assert c["max_error_ratio"] is not None and c["max_error_ratio"] > 1
+    assert "FAIL schedule.alpha_bar" in r.stdout
+
+
+def test_conform_deviations_and_stale_warning(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = run("conform", "--impl", "user_adapter:broken", "-k", "alpha_bar_ratio or vp_continuous",
+            "--deviations", str(FIXTURES / "broken_deviations.yaml"), "--report", str(out))
+    rep = json.loads(out.read_text())
+    c = next(c for c in rep["clauses"] if c["id"] == "schedule.alpha_bar")
+    assert c["status"] == "deviation", r.stdout[-2000:]
+    assert any("schedule.vp:continuous_limit" in w for w in rep["warnings"])
+    assert r.returncode == 0
+
+
+def test_selftest_family() -> None:
+    r = run("selftest", "--family", "schedule")
+    assert r.returncode == 0, r.stdout
+    assert "caught on the right clause: " in r.stdout and "(100.0%)" in r.stdout
+
+
+def test_docs_bad_out() -> None:
+    r = run("docs", "--out", "/nonexistent/dir/clauses")
+    assert r.returncode == 2 and r.stderr.startswith("diffrl: error:")
