@@ -112,3 +112,20 @@ def test_selftest_family() -> None:
 def test_docs_bad_out() -> None:
     r = run("docs", "--out", "/nonexistent/dir/clauses")
     assert r.returncode == 2 and r.stderr.startswith("diffrl: error:")
+
+
+def test_plain_pytest_with_environment_variable() -> None:
+    """The suite runs under plain pytest, the implementation chosen by DIFFRL_IMPL."""
+    import os
+    import tempfile
+
+    env = dict(os.environ, DIFFRL_IMPL="user_adapter:adapter",
+               PYTHONPATH=str(FIXTURES) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "diffrl_ref.conformance", "-q",
+                        "-k", "alpha_bar_boundary or vp_continuous"],
+                       capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "user-float32-schedules 0.0.1  dtype=float32" in r.stdout
+    import re
+
+    assert re.search(r"schedule\.alpha_bar\s+pass", r.stdout), r.stdout[-2000:]

@@ -81,14 +81,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid}: names clause {cid!r}, which is not in the spec")
         if prop not in {p.name for p in known[cid].properties}:
             raise pytest.UsageError(f"{item.nodeid}: clause {cid} has no property {prop!r}")
-        state.tests.setdefault(cid, []).append(item.nodeid)
-        dev = state.match_deviation(cid, prop, item.nodeid)
+        dev = state.match_deviation(cid, prop)
         if dev is not None:
             item.add_marker(pytest.mark.xfail(reason=f"deviation ({dev.category}): {dev.reason}", strict=False))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "call" or report.outcome == "skipped" or (report.when == "setup" and report.failed):
+    if report.when == "call":
         _STATE_REPORTS.append(report)
 
 
@@ -115,4 +114,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if mark is not None and call.when == "call":
         from .check import WORST
 
+        # Reports travel to the pytest-xdist controller; user_properties travel with them.
+        rep.user_properties.append(("diffrl_clause", list(mark.args)))
         rep.user_properties.append(("diffrl_worst", WORST.get(mark.args[0])))

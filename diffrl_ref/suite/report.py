@@ -68,34 +68,30 @@ class RunState:
     impl_arg: str
     impl: Any
     deviations: list[Deviation]
-    tests: dict[str, list[str]] = field(default_factory=dict)
-    matched: dict[int, list[str]] = field(default_factory=dict)  # deviation index -> selected node ids
     filtered: bool = False  # -k / -m given: unmatched entries are not stale, just not selected
 
-    def match_deviation(self, clause_id: str, prop: str, nodeid: str) -> Deviation | None:
-        for i, d in enumerate(self.deviations):
-            if d.matches(clause_id, prop):
-                self.matched.setdefault(i, []).append(nodeid)
-                return d
-        return None
+    def match_deviation(self, clause_id: str, prop: str) -> Deviation | None:
+        return next((d for d in self.deviations if d.matches(clause_id, prop)), None)
 
     def build(self, reports: list[Any]) -> dict[str, Any]:
         from hypothesis import settings
 
-        by_node = {n: cid for cid, nodes in self.tests.items() for n in nodes}
         per: dict[str, dict[str, Any]] = {
             cid: {"id": cid, "title": c.title, "status": "not-run", "tests": [], "failures": [],
                   "deviations": [], "max_error_ratio": None, "max_abs_error": None}
             for cid, c in spec.clauses().items()
         }
         warnings: list[str] = []
-        outcome_of: dict[str, str] = {}
+        matched: dict[int, list[str]] = {}  # deviation index -> outcomes of the tests it covers
         for r in reports:
-            cid = by_node.get(r.nodeid)
-            if cid is None:
+            props = dict(r.user_properties)
+            if "diffrl_clause" not in props:
                 continue
+            cid, prop = props["diffrl_clause"]
             outcome = _outcome(r)
-            outcome_of[r.nodeid] = outcome
+            for i, d in enumerate(self.deviations):
+                if d.matches(cid, prop):
+                    matched.setdefault(i, []).append(outcome)
             entry = per[cid]
             entry["tests"].append({"id": r.nodeid.split("/")[-1], "outcome": outcome})
             for k, v in r.user_properties:
@@ -117,12 +113,12 @@ class RunState:
                 "not-implemented" if "not-implemented" in outs else
                 "not-run")
         for i, d in enumerate(self.deviations):
-            nodes = self.matched.get(i, [])
-            if not nodes:
+            outs = matched.get(i, [])
+            if not outs:
                 if not self.filtered:
                     warnings.append(f"deviation entry {d.clause}:{d.prop} matches no test (stale entry?)")
-            elif not any(outcome_of.get(n) == "deviation" for n in nodes):
-                seen = sorted({outcome_of.get(n, "not-run") for n in nodes})
+            elif "deviation" not in outs:
+                seen = sorted(set(outs))
                 warnings.append(f"deviation entry {d.clause}:{d.prop} did not occur (its tests: "
                                 f"{', '.join(seen)}); stale entry?")
         counts = {s: sum(1 for e in per.values() if e["status"] == s) for s in STATUSES}

@@ -1,0 +1,1 @@
+"""Adapters that plug third-party implementations into the conformance suite."""
