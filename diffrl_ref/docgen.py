@@ -37,12 +37,22 @@ def _esc(text: str) -> str:
     return text
 
 
+def _para(text: str) -> str:
+    """One escaped paragraph (spec statements are prose; their line breaks carry no meaning)."""
+    return _esc(" ".join(text.split()))
+
+
+def _pre(text: str) -> str:
+    """A preformatted block: derivations and notes keep their own layout."""
+    return ".. code-block:: text\n\n" + _indent(text) + "\n"
+
+
 def _heading(text: str, ch: str) -> str:
     return f"{text}\n{ch * len(text)}\n"
 
 
 def clause_page(c: spec.Clause, tests: dict[str, list[str]]) -> str:
-    title = f"``{c.id}``: {_esc(c.title)}"
+    title = f"``{c.id}``: {_para(c.title)}"
     out = [f".. _{c.anchor}:\n", _heading(title, "="),
            f":Clause ID: ``{c.id}`` (stable; cite as *diffrl-ref spec {spec.version()}, clause {c.id}*)",
            f":Since: spec {c.since}",
@@ -53,22 +63,22 @@ def clause_page(c: spec.Clause, tests: dict[str, list[str]]) -> str:
            "   * - name\n     - symbol\n     - shape\n     - dtype\n     - meaning"]
     for s in c.symbols:
         out.append(f"   * - ``{s.name}``\n     - :math:`{s.latex}`\n     - ``{s.shape}``\n     - {s.dtype}\n"
-                   f"     - {_esc(s.meaning)}")
+                   f"     - {_para(s.meaning)}")
     out += ["", _heading("Valid domain", "-")]
-    out += [f"- {_esc(d)}" for d in c.domain]
+    out += [f"- {_para(d)}" for d in c.domain]
     out += ["", "Out-of-domain input raises ``ValueError`` naming this clause and the violated condition.", "",
             _heading("Source", "-"),
-            f"- Publication: {_esc(c.source.publication)}",
-            f"- Equation: {_esc(c.source.equation)}",
-            f"- Source deck: {_esc(c.source.deck)}"]
+            f"- Publication: {_para(c.source.publication)}",
+            f"- Equation: {_para(c.source.equation)}",
+            f"- Source deck: {_para(c.source.deck)}"]
     if c.source.note:
-        out += ["", _esc(c.source.note)]
+        out += ["", _pre(c.source.note)]
     if c.notes:
-        out += ["", _heading("Notes", "-"), _esc(c.notes)]
+        out += ["", _heading("Notes", "-"), _pre(c.notes)]
     out += ["", _heading("Properties checked", "-")]
     for p in c.properties:
         out.append(f"``{p.name}``")
-        out.append(_indent(_esc(p.statement)))
+        out.append(_indent(_para(p.statement)))
         ids = tests.get(f"{c.id}:{p.name}", [])
         if ids:
             out.append("")
@@ -76,7 +86,7 @@ def clause_page(c: spec.Clause, tests: dict[str, list[str]]) -> str:
         out.append("")
     out += [_heading("Tolerance rule", "-"),
             "Absolute tolerance per entry, with ``eps`` the unit roundoff of the implementation's dtype:", "",
-            f"``atol = {c.tolerance.expr}``", "", _esc(c.tolerance.derivation), "",
+            f"``atol = {c.tolerance.expr}``", "", _pre(c.tolerance.derivation), "",
             _heading("Reference signature", "-"),
             f".. autofunction:: {c.reference_name}", "   :no-index:", ""]
     return "\n".join(out)
@@ -87,7 +97,7 @@ def index_page() -> str:
            f"All clauses of spec {spec.version()}, by family. Each page gives the equation, its symbols, "
            "domain, source, the properties the conformance suite checks and the tolerance rule.", ""]
     for fam in spec.families():
-        out += [_heading(_esc(fam.title), "-"), _esc(fam.intro), "", ".. toctree::", "   :maxdepth: 1", ""]
+        out += [_heading(_esc(fam.title), "-"), _para(fam.intro), "", ".. toctree::", "   :maxdepth: 1", ""]
         out += [f"   {c.id}" for c in fam.clauses]
         out.append("")
     return "\n".join(out)

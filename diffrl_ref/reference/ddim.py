@@ -124,7 +124,8 @@ def sample(
     t = _tau(tau, alpha_bar.size - 1, cid)
     e_ = _eta(eta, cid)
     z = as_f64(noises, cid, "noises")
-    require(z.shape == (t.size, B, d), cid, f"noises must have shape (len(tau), B, d) = {(t.size, B, d)}, got {z.shape}")
+    require(z.shape == (t.size, B, d), cid,
+            f"noises must have shape (len(tau), B, d) = {(t.size, B, d)}, got {z.shape}")
     for i in range(t.size - 1, -1, -1):
         k = np.asarray(t[i])
         k_prev = np.asarray(t[i - 1] if i > 0 else 0, dtype=np.int64)

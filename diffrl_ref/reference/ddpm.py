@@ -142,20 +142,22 @@ def simple_loss(
     B = e.shape[0]
     beta_k, a_bar_k, a_bar_prev, _ = _schedule(betas, k, B, cid)
     require(weighting in ("simple", "vlb"), cid, f"weighting must be 'simple' or 'vlb', got {weighting!r}")
-    squared_error = np.sum((e - e_hat) ** 2, axis=1)
+    squared_error: Array = np.sum((e - e_hat) ** 2, axis=1)
     if weighting == "simple":
         return squared_error
     s2 = _loss_sigma2(sigma2, beta_k, a_bar_k, a_bar_prev, B, cid)
     alpha_k = 1.0 - beta_k
     lambda_k = beta_k**2 / (2.0 * s2 * alpha_k * (1.0 - a_bar_k))
-    return lambda_k[:, 0] * squared_error
+    weighted: Array = lambda_k[:, 0] * squared_error
+    return weighted
 
 
 def _gaussian_kl(mean_q: Array, var_q: Array, mean_p: Array, var_p: Array) -> Array:
     """KL(N(mean_q, var_q I) || N(mean_p, var_p I)) per row; variances are (B, 1) columns."""
     d = mean_q.shape[1]
     ratio = (var_q / var_p)[:, 0]
-    return 0.5 * (d * (ratio - 1.0 - np.log(ratio)) + np.sum((mean_q - mean_p) ** 2, axis=1) / var_p[:, 0])
+    kl: Array = 0.5 * (d * (ratio - 1.0 - np.log(ratio)) + np.sum((mean_q - mean_p) ** 2, axis=1) / var_p[:, 0])
+    return kl
 
 
 def vlb(x0: ArrayLike, eps_fn: EpsFn, betas: ArrayLike, eps: ArrayLike, variance: str = "beta") -> Array:

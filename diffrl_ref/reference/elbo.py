@@ -45,14 +45,14 @@ def _spd_cholesky(a: Array, cid: str, name: str) -> tuple[Array, Array]:
     require(bool(np.all(np.abs(a - aT) <= n * _U32 * (np.abs(a) + np.abs(aT)))), cid, f"{name} must be symmetric")
     sym = 0.5 * (a + aT)
     try:
-        return sym, np.linalg.cholesky(sym)
+        return sym, np.asarray(np.linalg.cholesky(sym), dtype=np.float64)
     except np.linalg.LinAlgError:
         raise DomainError(cid, f"{name} must be positive definite (its Cholesky factorisation failed)") from None
 
 
 def _logdet(chol: Array) -> Array:
     """log det A = 2 sum log diag(L) for A = L L^T."""
-    return 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    return np.asarray(2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1), dtype=np.float64)
 
 
 def identity(
@@ -71,7 +71,8 @@ def identity(
     mu_q = as_batch(q_mean, cid, "q_mean")
     cov_q = as_f64(q_cov, cid, "q_cov")
     B, d = x_.shape
-    require(W_.ndim == 2 and W_.shape[0] == d and W_.shape[1] >= 1, cid, f"W must have shape (d, m) = ({d}, m), got {W_.shape}")
+    require(W_.ndim == 2 and W_.shape[0] == d and W_.shape[1] >= 1, cid,
+            f"W must have shape (d, m) = ({d}, m) with m >= 1, got {W_.shape}")
     m = W_.shape[1]
     require(b_.shape == (d,), cid, f"b must have shape (d,) = ({d},), got {b_.shape}")
     require(s2_.ndim == 0 and float(s2_) > 0, cid, "s2 (the observation noise variance) must be a scalar > 0")
@@ -83,8 +84,7 @@ def identity(
     tr_q = np.trace(cov_q, axis1=-2, axis2=-1)
 
     # Evidence: x ~ N(b, W W^T + s2 I_d).
-    C = W_ @ W_.T + noise * np.eye(d)
-    L_C = np.linalg.cholesky(C)
+    _, L_C = _spd_cholesky(W_ @ W_.T + noise * np.eye(d), cid, "the evidence covariance W W^T + s2 I")
     white = np.linalg.solve(L_C, (x_ - b_).T)  # L_C^{-1} (x - b), shape (d, B)
     log_px = -0.5 * (d * LOG_2PI + _logdet(L_C) + np.sum(white**2, axis=0))
 
@@ -97,8 +97,7 @@ def identity(
     prior_kl = 0.5 * (tr_q + np.sum(mu_q**2, axis=-1) - m - logdet_q)
 
     # Exact posterior p(z | x) = N(mu_post, P^{-1}), precision P = I_m + W^T W / s2.
-    P = np.eye(m) + W_.T @ W_ / noise
-    L_P = np.linalg.cholesky(P)
+    P, L_P = _spd_cholesky(np.eye(m) + W_.T @ W_ / noise, cid, "the posterior precision I + W^T W / s2")
     mu_post = np.linalg.solve(P, W_.T @ (x_ - b_).T / noise).T  # (B, m)
     delta = mu_q - mu_post
     tr_Pq = np.einsum("ij,bji->b", P, cov_q)

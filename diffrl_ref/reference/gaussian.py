@@ -32,4 +32,4 @@ def kl(mu1: ArrayLike, var1: ArrayLike, mu2: ArrayLike, var2: ArrayLike) -> Arra
     ratio = v1 / v2
     require(bool(np.all(np.isfinite(ratio) & (ratio > 0))), cid, "var1 / var2 must be finite and > 0 in float64")
     per_coordinate = 0.5 * (ratio - 1.0 - np.log(ratio) + (m1 - m2) ** 2 / v2)
-    return np.sum(per_coordinate, axis=-1)
+    return np.asarray(np.sum(per_coordinate, axis=-1), dtype=np.float64)

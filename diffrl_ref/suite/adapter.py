@@ -104,8 +104,10 @@ def reference_adapter(dtype: str = "float64", device: str = "cpu") -> Adapter:
 #: Built-in implementations: name -> (factory path, one-line description).
 BUILTINS: dict[str, tuple[str, str]] = {
     "reference": ("diffrl_ref.suite.adapter:reference_adapter", "float64 NumPy/SciPy reference (the oracle itself)"),
-    "diffusers-ddpm": ("diffrl_ref.adapters.diffusers:ddpm", "HuggingFace diffusers DDPMScheduler (needs diffusers, torch)"),
-    "diffusers-ddim": ("diffrl_ref.adapters.diffusers:ddim", "HuggingFace diffusers DDIMScheduler (needs diffusers, torch)"),
+    "diffusers-ddpm": ("diffrl_ref.adapters.diffusers:ddpm",
+                       "HuggingFace diffusers DDPMScheduler (needs diffusers, torch)"),
+    "diffusers-ddim": ("diffrl_ref.adapters.diffusers:ddim",
+                       "HuggingFace diffusers DDIMScheduler (needs diffusers, torch)"),
     "diffusers-dpmsolver": ("diffrl_ref.adapters.diffusers:dpmsolver",
                             "HuggingFace diffusers DPMSolverMultistepScheduler (needs diffusers, torch)"),
 }

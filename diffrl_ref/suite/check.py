@@ -49,7 +49,12 @@ def round_to(dtype: str, x: ArrayLike) -> NDArray[np.float64]:
 
 
 def _fmt(v: Any) -> str:
-    a = np.asarray(v)
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    try:
+        a = np.asarray(v)
+    except ValueError:  # ragged
+        return repr(v)
     if a.size == 1:
         return f"{a.item():.17g}" if a.dtype.kind == "f" else repr(a.item())
     if a.size <= 8:
@@ -105,7 +110,8 @@ def assert_close(
     ratio = np.where(atol > 0, err / np.where(atol > 0, atol, 1.0), np.where(err > 0, np.inf, 0.0))
     ratio = np.where(np.isnan(g), np.inf, ratio)
     worst = float(np.max(ratio)) if ratio.size else 0.0
-    _record(clause_id, worst, float(np.nanmax(err)) if err.size else 0.0, what)
+    finite_err = err[np.isfinite(err)]
+    _record(clause_id, worst, float(finite_err.max()) if finite_err.size else float("inf"), what)
     if not bool(np.any(bad)):
         return
     idx = np.unravel_index(int(np.argmax(ratio)), exp.shape) if exp.shape else ()

@@ -8,7 +8,7 @@ import platform
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +113,12 @@ class RunState:
                 "not-implemented" if "not-implemented" in outs else
                 "not-run")
         for i, d in enumerate(self.deviations):
-            outs = matched.get(i, [])
-            if not outs:
+            dev_outs = matched.get(i, [])
+            if not dev_outs:
                 if not self.filtered:
                     warnings.append(f"deviation entry {d.clause}:{d.prop} matches no test (stale entry?)")
-            elif "deviation" not in outs:
-                seen = sorted(set(outs))
+            elif "deviation" not in dev_outs:
+                seen = sorted(set(dev_outs))
                 warnings.append(f"deviation entry {d.clause}:{d.prop} did not occur (its tests: "
                                 f"{', '.join(seen)}); stale entry?")
         counts = {s: sum(1 for e in per.values() if e["status"] == s) for s in STATUSES}
