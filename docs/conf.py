@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Documents the installed package (tox installs it; `pip install -e .[docs]` for local builds):
+# spec/ and conformance/ only have their package names once installed.
+from diffrl_ref import __version__, docgen, spec
 
-from diffrl_ref import __version__, docgen, spec  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # The committed clause pages must be what the generator makes from the current spec.
 _stale = [n for n, text in docgen.render().items()
