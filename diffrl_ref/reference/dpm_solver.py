@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 
 from ._checks import Array, as_batch, as_f64, require, same_shape
 
-EpsFn = Callable[[Array, float], ArrayLike]
+LevelEpsFn = Callable[[Array, float], ArrayLike]
 
 
 def _level(alpha_bar: ArrayLike, clause: str, name: str) -> float:
@@ -44,7 +44,7 @@ def _expm1(h: float) -> float:
     return float(np.expm1(h))
 
 
-def _eval(eps_fn: EpsFn, x: Array, alpha_bar: float, clause: str) -> Array:
+def _eval(eps_fn: LevelEpsFn, x: Array, alpha_bar: float, clause: str) -> Array:
     """Call the network and check its output: finite, shaped like x."""
     e = as_f64(eps_fn(x, alpha_bar), clause, "eps_fn(x, alpha_bar)")
     same_shape(clause, x=x, eps=e)
@@ -65,7 +65,7 @@ def first_order(x: ArrayLike, eps_hat: ArrayLike, ab_s: float, ab_t: float) -> A
     return (a_t / a_s) * xs - s_t * _expm1(h) * e
 
 
-def second_order(x: ArrayLike, eps_fn: EpsFn, ab_s: float, ab_t: float, r: float = 0.5) -> Array:
+def second_order(x: ArrayLike, eps_fn: LevelEpsFn, ab_s: float, ab_t: float, r: float = 0.5) -> Array:
     """Clause ``dpm_solver.second_order``: one step of singlestep DPM-Solver-2 (intermediate at lambda_s + r h)."""
     cid = "dpm_solver.second_order"
     xs = as_batch(x, cid, "x")
@@ -83,7 +83,7 @@ def second_order(x: ArrayLike, eps_fn: EpsFn, ab_s: float, ab_t: float, r: float
     return (a_t / a_s) * xs - s_t * _expm1(h) * eps_s - s_t / (2 * r) * _expm1(h) * (eps_u - eps_s)
 
 
-def pp_2m(x_T: ArrayLike, eps_fn: EpsFn, ab_grid: ArrayLike) -> Array:
+def pp_2m(x_T: ArrayLike, eps_fn: LevelEpsFn, ab_grid: ArrayLike) -> Array:
     """Clause ``dpm_solver.pp_2m``: DPM-Solver++(2M) from ab_grid[0] to ab_grid[-1], data prediction."""
     cid = "dpm_solver.pp_2m"
     x = as_batch(x_T, cid, "x_T")

@@ -11,6 +11,11 @@ from numpy.typing import ArrayLike, NDArray
 from .. import spec
 from .adapter import clause_callable
 
+#: Reasons of examples discarded because the implementation raised NotImplementedError.
+NOT_IMPLEMENTED: list[str] = []
+#: Calls of the implementation that returned, in the current test (reset by the plugin).
+SUPPORTED_CALLS = [0]
+
 #: Largest error/allowed ratio and absolute error seen per clause in this process (for reports).
 WORST: dict[str, dict[str, Any]] = {}
 
@@ -30,11 +35,23 @@ def need(impl: Any, clause_id: str) -> Callable[..., Any]:
 
     def call(*args: Any, **kwargs: Any) -> Any:
         # An adapter that supports a clause only for some arguments (a library with a fixed
-        # constant, say) raises NotImplementedError for the rest: reported, not failed.
+        # constant, say) raises NotImplementedError for the rest. Inside hypothesis only that
+        # example is discarded, so a failure found on supported arguments still counts; the
+        # plugin reports not-implemented when every example was discarded.
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except NotImplementedError as exc:
-            pytest.skip(f"not implemented: {clause_id} for these arguments ({exc})")
+            reason = f"not implemented: {clause_id} for these arguments ({exc})"
+            NOT_IMPLEMENTED.append(reason)
+            from hypothesis import currently_in_test_context, reject
+
+            # Never supported so far in this test: no failure can have come from it, so stop
+            # drawing examples the implementation cannot express.
+            if currently_in_test_context() and (SUPPORTED_CALLS[0] > 0 or len(NOT_IMPLEMENTED) < 20):
+                reject()
+            pytest.skip(reason)
+        SUPPORTED_CALLS[0] += 1
+        return out
 
     return call
 

@@ -108,8 +108,20 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    from .check import NOT_IMPLEMENTED, SUPPORTED_CALLS
+
+    if call.when == "setup":
+        NOT_IMPLEMENTED.clear()
+        SUPPORTED_CALLS[0] = 0
     outcome = yield
     rep = outcome.get_result()
+    if call.when == "call" and rep.failed and call.excinfo is not None and NOT_IMPLEMENTED:
+        from hypothesis.errors import Unsatisfiable
+
+        if call.excinfo.errisinstance(Unsatisfiable):
+            # Every example was outside what the implementation supports.
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), item.location[1] or 0, NOT_IMPLEMENTED[0])
     mark = item.get_closest_marker("clause")
     if mark is not None and call.when == "call":
         from .check import WORST
