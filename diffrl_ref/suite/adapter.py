@@ -41,7 +41,7 @@ class Implementation(Protocol):
     device: str
 
 
-@dataclass
+@dataclass(repr=False)
 class Adapter:
     """An implementation: metadata plus one namespace per spec family."""
 
@@ -57,6 +57,10 @@ class Adapter:
             raise ValueError(f"adapter {self.name}: dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.device not in DEVICES:
             raise ValueError(f"adapter {self.name}: device must be one of {DEVICES}, got {self.device!r}")
+
+    def __repr__(self) -> str:
+        # Short: hypothesis prints the adapter in every failing example.
+        return f"<adapter {self.name} {self.version} dtype={self.dtype} device={self.device}>"
 
     def __getattr__(self, family: str) -> Any:
         fams = self.__dict__.get("families", {})
