@@ -73,7 +73,7 @@ def test_conform_user_adapter_partial(tmp_path: Path) -> None:
     assert rep["implementation"]["dtype"] == "float32"
     assert statuses["schedule.alpha_bar"] == "pass", r.stdout[-3000:]
     assert statuses["schedule.linear"] == "pass", r.stdout[-3000:]
-    # cosine: only s = 0.008 is supported; examples with other s are discarded, not failed.
+    # cosine: only some offsets s are supported; examples with other s are discarded, not failed.
     assert statuses["schedule.cosine"] == "pass", r.stdout[-3000:]
     # vp raises NotImplementedError for every argument: not-implemented, not a failure.
     assert statuses["schedule.vp"] == "not-implemented", r.stdout[-3000:]

@@ -56,9 +56,9 @@ def _call_q(q_fn: QFn, s: Array, a: Array, name: str, cid: str) -> Array:
     return q
 
 
-def bc_loss(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: ArrayLike, k: ArrayLike, eps: ArrayLike) -> Array:
-    """Clause ``diffusion_ql.bc_loss``: L_d = ||eps - eps_fn(sqrt(ab_k) a + sqrt(1 - ab_k) eps, k, s)||^2 per row."""
-    cid = "diffusion_ql.bc_loss"
+def _noise_prediction(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: ArrayLike, k: ArrayLike,
+                      eps: ArrayLike, cid: str) -> tuple[Array, Array, NDArray[np.int64]]:
+    """(eps, eps_fn(a^k, k, s), k) with a^k = ddpm.noise(a, eps): shared by the eps-matching losses."""
     a0 = as_batch(a, cid, "a")
     e = as_batch(eps, cid, "eps")
     same_shape(cid, a=a0, eps=e)
@@ -66,7 +66,12 @@ def bc_loss(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: ArrayLike, k:
     st = _states(s, B, cid)
     _, steps = _schedule(betas, k, B, cid)
     a_k = ddpm.noise(a0, e, betas, steps)
-    eps_hat = _call_eps(eps_fn, a_k, steps, st, cid)
+    return e, _call_eps(eps_fn, a_k, steps, st, cid), steps
+
+
+def bc_loss(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: ArrayLike, k: ArrayLike, eps: ArrayLike) -> Array:
+    """Clause ``diffusion_ql.bc_loss``: L_d = ||eps - eps_fn(sqrt(ab_k) a + sqrt(1 - ab_k) eps, k, s)||^2 per row."""
+    e, eps_hat, steps = _noise_prediction(a, s, eps_fn, betas, k, eps, "diffusion_ql.bc_loss")
     return ddpm.simple_loss(e, eps_hat, betas, steps, "simple")
 
 

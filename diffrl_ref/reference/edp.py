@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 
 from . import ddpm
 from ._checks import Array, DomainError, as_batch, as_f64, require, same_shape
-from .diffusion_ql import StateEpsFn, _call_eps, _schedule, _states
+from .diffusion_ql import StateEpsFn, _noise_prediction, _schedule
 
 #: Weight functions f of the advantage A = Q - V and their default clip w_max.
 KINDS: dict[str, float] = {"awr": 20.0, "crr_exp": 20.0, "crr_binary": 1.0, "iql": 100.0}
@@ -33,15 +33,7 @@ def action_approx(a_k: ArrayLike, eps_hat: ArrayLike, betas: ArrayLike, k: Array
 def weighted_elbo(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: ArrayLike, k: ArrayLike,
                   eps: ArrayLike) -> Array:
     """Clause ``edp.weighted_elbo``: beta_k / (2 alpha_k (1 - ab_k)) ||eps - eps_fn(a^k, k, s)||^2 per row."""
-    cid = "edp.weighted_elbo"
-    a0 = as_batch(a, cid, "a")
-    e = as_batch(eps, cid, "eps")
-    same_shape(cid, a=a0, eps=e)
-    B = a0.shape[0]
-    st = _states(s, B, cid)
-    _, steps = _schedule(betas, k, B, cid)
-    a_k = ddpm.noise(a0, e, betas, steps)
-    eps_hat = _call_eps(eps_fn, a_k, steps, st, cid)
+    e, eps_hat, steps = _noise_prediction(a, s, eps_fn, betas, k, eps, "edp.weighted_elbo")
     # Ho et al.'s lambda_k with sigma_k^2 = beta_k is exactly EDP's weight.
     return ddpm.simple_loss(e, eps_hat, betas, steps, "vlb", "beta")
 

@@ -62,6 +62,10 @@ class Adapter:
         # Short: hypothesis prints the adapter in every failing example.
         return f"<adapter {self.name} {self.version} dtype={self.dtype} device={self.device}>"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        # hypothesis's pretty-printer expands dataclasses field by field unless told otherwise.
+        p.text(repr(self))
+
     def __getattr__(self, family: str) -> Any:
         fams = self.__dict__.get("families", {})
         if family in fams:
