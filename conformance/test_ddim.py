@@ -24,7 +24,7 @@ from diffrl_ref.reference import ddim as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData, affine_coefficients, propagate_affine
-from diffrl_ref.suite.stats import gaussian_moments
+from diffrl_ref.suite.stats import assert_gaussian_moments
 from diffrl_ref.suite.strategies import betas, finite
 
 F = NDArray[np.float64]
@@ -574,7 +574,7 @@ def test_sample_exact_law(impl: Any, clause_id: str, data: st.DataObject, d: int
 
         A, c = affine_coefficients(step, d)
         mean, var = propagate_affine(mean, var, A, c, float(sig**2))
-    gaussian_moments(clause_id, out, mean, var, what=f"x_0 law, tau = {tau}, eta = {eta:.3g}")
+    assert_gaussian_moments(clause_id, out, mean, var, what=f"x_0 law, tau = {tau}, eta = {eta:.3g}")
 
 
 @clause("ddim.sample", "ddpm_equivalence")

@@ -21,7 +21,7 @@ from diffrl_ref.reference import ddpm as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData, propagate_affine
-from diffrl_ref.suite.stats import gaussian_moments
+from diffrl_ref.suite.stats import assert_gaussian_moments
 from diffrl_ref.suite.strategies import betas, finite
 
 F = np.ndarray
@@ -243,7 +243,7 @@ def test_noise_distribution(impl: Any, clause_id: str, case: tuple[Any, ...]) ->
     eps = np.random.default_rng(20200).standard_normal((_N, d))
     xk = _f64(need(impl, clause_id)(np.repeat(x0, _N, axis=0), eps, b, k))
     ab = _ab(b)[k]
-    gaussian_moments(clause_id, xk, np.sqrt(ab) * x0[0], 1.0 - ab, what=f"x_k ~ q(x_k | x0), k={k}")
+    assert_gaussian_moments(clause_id, xk, np.sqrt(ab) * x0[0], 1.0 - ab, what=f"x_k ~ q(x_k | x0), k={k}")
 
 
 @clause("ddpm.noise", "signal_and_noise_parts")
@@ -485,7 +485,7 @@ def test_reverse_step_exact_law(impl: Any, clause_id: str, b: F, data: GaussianD
     for k in range(b.size, 0, -1):
         x = _f64(step(x, data.eps(x, ab[k]), b, k, rng.standard_normal((_N, d)), variance))
     mean, var = _chain_law(data, b, variance)
-    gaussian_moments(clause_id, x, mean, var, what=f"output of the eps* chain, K={b.size}, variance={variance}")
+    assert_gaussian_moments(clause_id, x, mean, var, what=f"output of the eps* chain, K={b.size}, variance={variance}")
 
 
 def _vp(K: int, beta_min: float, beta_max: float) -> F:

@@ -22,7 +22,7 @@ from diffrl_ref.reference import decision_diffuser as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.networks import MLP, time_embedding
-from diffrl_ref.suite.stats import mean_within
+from diffrl_ref.suite.stats import assert_mean_within
 from diffrl_ref.suite.strategies import betas, finite
 
 F = NDArray[np.float64]
@@ -480,7 +480,7 @@ def test_dropout_rate(impl: Any, clause_id: str, p: float, K: int) -> None:
     tol = _f64(np.maximum(1e-6 * (np.abs(cond) + np.abs(uncond)), 1e-12))
     usable = np.abs(cond - uncond) > 4 * tol  # rows where the two losses can be told apart
     used_null = np.abs(got - uncond) < np.abs(got - cond)
-    mean_within(clause_id, used_null[usable].astype(np.float64), p, float(np.sqrt(p * (1 - p))),
+    assert_mean_within(clause_id, used_null[usable].astype(np.float64), p, float(np.sqrt(p * (1 - p))),
                 what=f"fraction of rows trained without the condition, p = {p}")
     wrong = usable & (used_null != (drop == 1))
     assert_that(not bool(wrong.any()), clause_id, f"{int(wrong.sum())} rows dropped the condition where b = 0 or "

@@ -25,7 +25,7 @@ from diffrl_ref.reference import diffsr as ref
 from diffrl_ref.suite import networks
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
-from diffrl_ref.suite.stats import ALPHA, mean_within
+from diffrl_ref.suite.stats import ALPHA, assert_mean_within
 from diffrl_ref.suite.strategies import betas, finite
 
 F = np.ndarray
@@ -254,7 +254,7 @@ def _draws(seed: int, R: int, D: int, m: int, phased: bool) -> tuple[F, F | None
 
 def _mean_within_rounding(clause_id: str, samples: F, mean: float, sd: float, rounding: float, *, alpha: float,
                           what: str) -> None:
-    """stats.mean_within's CLT bound plus an absolute rounding allowance (for samples with tiny variance)."""
+    """stats.assert_mean_within's CLT bound plus an absolute rounding allowance (for samples with tiny variance)."""
     n = samples.size
     half = float(sps.norm.isf(alpha / 2)) * sd / np.sqrt(n) + rounding
     xbar = float(samples.mean())
@@ -295,7 +295,7 @@ def test_rff_unbiased(impl: Any, clause_id: str, case: tuple[bool, float, int]) 
     om, ph = _draws(2007, R, D, psi.shape[1], phased)
     est = _estimates(need(impl, clause_id), psi, nu, log_z, om, ph)[:, 0, 0]
     k, var, _ = _rff_moments(((psi - nu) ** 2).sum(), phased)
-    mean_within(clause_id, est, float(k), float(np.sqrt(var / D)),
+    assert_mean_within(clause_id, est, float(k), float(np.sqrt(var / D)),
                 what=f"E<phi, mu> = exp(-||psi - nu||^2/2), {'phased' if phased else 'paired'} form, D = {D}")
 
 
@@ -312,7 +312,7 @@ def test_rff_error_rate(impl: Any, clause_id: str, case: tuple[bool, float, int]
         om, ph = _draws(1000 + D, R, D, psi.shape[1], phased)
         sq_err = (_estimates(fn, psi, nu, log_z, om, ph)[:, 0, 0] - k) ** 2
         sd = np.sqrt(mu4 / D**3 + (2 * D - 3) * var**2 / D**3)
-        mean_within(clause_id, sq_err, var / D, float(sd), alpha=ALPHA / len(Ds),
+        assert_mean_within(clause_id, sq_err, var / D, float(sd), alpha=ALPHA / len(Ds),
                     what=f"E(<phi, mu> - k)^2 = sigma_1^2 / D, D = {D}, {'phased' if phased else 'paired'} form")
 
 
@@ -531,7 +531,7 @@ def test_perturbed_stein(impl: Any, clause_id: str, case: dict[str, Any]) -> Non
     score = _f64(need(impl, clause_id)(x, means, np.broadcast_to(w, (n, N)), cov, beta)[1])
     c_inv = np.linalg.inv((1 - beta) * cov + beta * np.eye(ds))
     for d in range(ds):
-        mean_within(clause_id, score[:, d], 0.0, float(np.sqrt(c_inv[d, d])), alpha=ALPHA / ds,
+        assert_mean_within(clause_id, score[:, d], 0.0, float(np.sqrt(c_inv[d, d])), alpha=ALPHA / ds,
                     what=f"E[score_{d}(s~')] = 0 under s~' = sqrt(1-beta) s' + sqrt(beta) eps")
 
 

@@ -23,7 +23,7 @@ from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_th
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData, propagate_affine
 from diffrl_ref.suite.networks import MLP, time_embedding
-from diffrl_ref.suite.stats import gaussian_moments
+from diffrl_ref.suite.stats import assert_gaussian_moments
 from diffrl_ref.suite.strategies import betas, finite
 
 F = NDArray[np.float64]
@@ -651,7 +651,7 @@ def test_sample_exact_law(impl: Any, clause_id: str, K: int, bmax: float, L: int
         offset = beta * np.sqrt(ab[k]) * data.mean / (np.sqrt(alpha) * V)
         Sigma = 0.0 if k == 1 else (beta if variance == "beta" else (1.0 - ab[k - 1]) / (1.0 - ab[k]) * beta)
         mean, var = propagate_affine(mean, var, A, offset + s * Sigma * cvec.ravel(), Sigma)
-    gaussian_moments(clause_id, chain[0].reshape(_N, -1), mean, var,
+    assert_gaussian_moments(clause_id, chain[0].reshape(_N, -1), mean, var,
                      what=f"plans of the guided eps* chain, K={K}, variance={variance}, s={s:.3g}")
 
 

@@ -20,7 +20,7 @@ from diffrl_ref.suite import networks
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData, propagate_affine
-from diffrl_ref.suite.stats import gaussian_moments
+from diffrl_ref.suite.stats import assert_gaussian_moments
 from diffrl_ref.suite.strategies import betas, finite
 
 F = np.ndarray
@@ -318,7 +318,7 @@ def test_sample_action_exact_law(impl: Any, clause_id: str, b: F, data: Gaussian
 
     got = _f64(need(impl, clause_id)(np.zeros((_N, 1)), eps_star, b, a_K, z, None, variance))
     mean, var = _chain_law(data, b, variance)
-    gaussian_moments(clause_id, got, mean, var, what=f"a^0 of the eps* policy, K={b.size}, variance={variance}")
+    assert_gaussian_moments(clause_id, got, mean, var, what=f"a^0 of the eps* policy, K={b.size}, variance={variance}")
 
 
 @clause("diffusion_ql.sample_action", "matches_reference")

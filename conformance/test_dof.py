@@ -23,7 +23,7 @@ from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_th
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData, propagate_affine
 from diffrl_ref.suite.networks import MLP, time_embedding
-from diffrl_ref.suite.stats import ALPHA, gaussian_moments
+from diffrl_ref.suite.stats import ALPHA, assert_gaussian_moments
 from diffrl_ref.suite.strategies import betas, finite, seeds
 
 F = np.ndarray
@@ -121,7 +121,7 @@ def test_noise_gaussian_law(impl: Any, clause_id: str, N: int, d: int, wdraw: st
     e = np.random.default_rng(5).standard_normal((_N_SAMPLES, N, d))
     out = _f64(need(impl, clause_id)(round_to(impl.dtype, e), mode, w))
     var = np.repeat(_weights(mode, w, N) ** 2, d)
-    gaussian_moments(clause_id, out, np.zeros(N * d), var, what=f"eps_tot ~ N(0, diag(w_i^2)) ({mode})")
+    assert_gaussian_moments(clause_id, out, np.zeros(N * d), var, what=f"eps_tot ~ N(0, diag(w_i^2)) ({mode})")
 
 
 @clause("dof.noise_factorisation", "matches_reference")
@@ -620,9 +620,9 @@ def test_decentralised_exact_law(impl: Any, clause_id: str, case: dict[str, Any]
     laws = [_chain_law(g, b, case["variance"]) for g in data]
     alpha = ALPHA / (N + 1)
     for i, (m, v) in enumerate(laws):
-        gaussian_moments(clause_id, out[:, i], m, v, alpha=alpha,
+        assert_gaussian_moments(clause_id, out[:, i], m, v, alpha=alpha,
                          what=f"agent {i + 1}'s sample, K={b.size}, variance={case['variance']}")
-    gaussian_moments(clause_id, out.sum(axis=1), sum(m for m, _ in laws), sum(v for _, v in laws), alpha=alpha,
+    assert_gaussian_moments(clause_id, out.sum(axis=1), sum(m for m, _ in laws), sum(v for _, v in laws), alpha=alpha,
                      what="sum over agents: independent agents (product law)")
 
 
@@ -700,9 +700,9 @@ def test_igd_product_law(impl: Any, clause_id: str, case: dict[str, Any]) -> Non
     laws = [_chain_law(g, b, case["variance"]) for g in data]
     alpha = ALPHA / (N + 1)
     for i, (m, v) in enumerate(laws):
-        gaussian_moments(clause_id, out[:, i], w[i] * m, w[i] ** 2 * v, alpha=alpha,
+        assert_gaussian_moments(clause_id, out[:, i], w[i] * m, w[i] ** 2 * v, alpha=alpha,
                          what=f"block {i + 1} ~ N(w_i m_i, w_i^2 v_i) ({case['mode']}, K={b.size})")
-    gaussian_moments(clause_id, out.sum(axis=1), sum(w[i] * laws[i][0] for i in range(N)),
+    assert_gaussian_moments(clause_id, out.sum(axis=1), sum(w[i] * laws[i][0] for i in range(N)),
                      sum(w[i] ** 2 * laws[i][1] for i in range(N)), alpha=alpha,
                      what="sum of the blocks: the blocks are independent (product law)")
 

@@ -15,7 +15,7 @@ from diffrl_ref import spec
 from diffrl_ref.reference import gaussian as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
-from diffrl_ref.suite.stats import gaussian_moments
+from diffrl_ref.suite.stats import assert_gaussian_moments
 from diffrl_ref.suite.strategies import finite
 
 F = np.ndarray
@@ -80,7 +80,7 @@ def test_reparam_distribution(impl: Any, clause_id: str, mu: F, data: st.DataObj
     z = np.asarray(need(impl, clause_id)(np.tile(mu, (N_SAMPLES, 1)), np.tile(sigma, (N_SAMPLES, 1)), e),
                    dtype=np.float64)
     assert_that(z.shape == (N_SAMPLES, d), clause_id, f"shape {z.shape}, expected {(N_SAMPLES, d)}")
-    gaussian_moments(clause_id, z, mu, sigma**2, what=f"z ~ N(mu, sigma^2), sigma = {sigma}")
+    assert_gaussian_moments(clause_id, z, mu, sigma**2, what=f"z ~ N(mu, sigma^2), sigma = {sigma}")
 
 
 @clause("gaussian.reparam", "pathwise_gradient")

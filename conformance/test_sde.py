@@ -15,7 +15,7 @@ from diffrl_ref.reference import sde as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData, propagate_affine
-from diffrl_ref.suite.stats import gaussian_moments
+from diffrl_ref.suite.stats import assert_gaussian_moments
 from diffrl_ref.suite.strategies import batch_any, finite
 
 F = np.ndarray
@@ -317,7 +317,7 @@ def test_reverse_drift_em_sample_law(impl: Any, clause_id: str, g: GaussianData,
         mu_t, v_t = g.marginal(ab)
         a = -0.5 * beta + beta / v_t
         mean, var = propagate_affine(mean, var, 1 - a * dt, -(-beta * mu_t / v_t) * dt, beta * dt)
-    gaussian_moments(clause_id, x, mean, var, what=f"{N} Euler-Maruyama steps of the reverse SDE, n = {n}")
+    assert_gaussian_moments(clause_id, x, mean, var, what=f"{N} Euler-Maruyama steps of the reverse SDE, n = {n}")
 
 
 @clause("sde.reverse_drift", "matches_reference")

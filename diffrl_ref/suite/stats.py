@@ -15,7 +15,7 @@ from scipy import stats
 ALPHA = 1e-6
 
 
-def gaussian_moments(
+def assert_gaussian_moments(
     clause_id: str,
     samples: ArrayLike,
     mean: ArrayLike,
@@ -53,7 +53,7 @@ def gaussian_moments(
             f"(chi2 statistic {ss[j]:.1f} outside [{lo:.1f}, {hi:.1f}]; n = {n}, level {level:.1e})")
 
 
-def mean_within(
+def assert_mean_within(
     clause_id: str,
     samples: ArrayLike,
     mean: float,
