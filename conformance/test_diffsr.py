@@ -58,7 +58,9 @@ def _psd(draw: st.DrawFn, d: int, zero_ok: bool = True) -> F:
     if zero_ok and draw(st.booleans()) and draw(st.booleans()):
         return np.zeros((d, d))
     L = draw(_arr((d, d), -1.0, 1.0))
-    return np.asarray(L @ L.T / d)
+    # The ridge keeps a rank-deficient L L^T positive semidefinite after rounding to float32
+    # (a singular matrix can round to an indefinite one, outside the clause's domain).
+    return np.asarray(L @ L.T / d + 2.0**-10 * np.eye(d))
 
 
 def _sqrtm(S: F) -> F:

@@ -4,6 +4,7 @@
 ``diffrl conform [...]``        run the conformance suite against an implementation
 ``diffrl selftest [...]``       run the suite against planted bugs and report the fraction caught
 ``diffrl docs``                 regenerate the per-clause docs pages from spec/
+``diffrl bench [...]``          time the production path against the reference and diffusers
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .suite.plugin import DEFAULT_IMPL
 
 
 class CliError(Exception):
@@ -164,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per clause")
 
     c = sub.add_parser("conform", help="run the conformance suite (extra arguments go to pytest)")
-    c.add_argument("--impl", default="reference", help="built-in name (see --list) or package.module:object")
+    c.add_argument("--impl", default=DEFAULT_IMPL,
+                   help=f"built-in name (see --list) or package.module:object (default: {DEFAULT_IMPL})")
     c.add_argument("--list", action="store_true", help="list the built-in implementations and exit")
     c.add_argument("--dtype", choices=["float64", "float32", "bfloat16"], help="dtype, for adapters that take one")
     c.add_argument("--device", choices=["cpu", "cuda"], help="device, for adapters that take one")
@@ -180,7 +184,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("docs", help="regenerate docs/clauses/*.rst from spec/")
     d.add_argument("--out", default="docs/clauses", help="output directory (default: docs/clauses)")
+
+    b = sub.add_parser("bench", help="time the production samplers and training step (writes JSON, table, plot)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 256, 4096], help="batch sizes (default: 1 256 4096)")
+    b.add_argument("--steps", type=int, nargs="+", default=[5, 15, 50, 100],
+                   help="sampling steps (default: 5 15 50 100)")
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--train-batch", type=int, default=256, help="batch of the training step (default: 256)")
+    b.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per configuration (default: 1)")
+    b.add_argument("--min-reps", type=int, default=5, help="repetitions per loop at least (default: 5)")
+    b.add_argument("--out", default="bench-out", help="output directory for bench.json/.rst/.png")
+    b.add_argument("--no-plot", action="store_true", help="skip the plot")
     return p
+
+
+def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    for name in ("batch", "steps"):
+        bad = [v for v in getattr(args, name) if v < 1]
+        if bad:
+            raise CliError(f"--{name} must be positive integers, got {bad}")
+    if max(args.steps) > 1000:
+        raise CliError(f"--steps must be <= 1000 (the schedule has K = 1000), got {max(args.steps)}")
+    for name in ("train_batch", "min_reps", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.min_time < 0:
+        raise CliError(f"--min-time must be >= 0, got {args.min_time}")
+    try:
+        import torch
+    except ImportError:
+        raise CliError("diffrl bench needs torch (pip install diffrl-ref with its dependencies)") from None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: torch sees no CUDA device")
+    from . import bench
+
+    command = "diffrl " + " ".join(argv)
+    out = Path(args.out)
+    bench.main(args.batch, args.steps, args.device, args.threads, args.train_batch, out, args.min_time,
+               args.min_reps, command, args.no_plot)
+    wrote = [out / "bench.json", out / "bench.rst"] + ([] if args.no_plot else [out / "bench.png"])
+    print("bench: wrote " + ", ".join(map(str, wrote)))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_conform(args, extra)
         if args.command == "selftest":
             return cmd_selftest(args)
+        if args.command == "bench":
+            return cmd_bench(args, list(argv if argv is not None else sys.argv[1:]))
         return cmd_docs(args)
     except CliError as exc:
         print(f"diffrl: error: {exc}", file=sys.stderr)

@@ -56,7 +56,9 @@ def clause_page(c: spec.Clause, tests: dict[str, list[str]]) -> str:
     out = [f".. _{c.anchor}:\n", _heading(title, "="),
            f":Clause ID: ``{c.id}`` (stable; cite as *diffrl-ref spec {spec.version()}, clause {c.id}*)",
            f":Since: spec {c.since}",
-           f":Reference: :func:`{c.reference_name}`", "",
+           f":Reference: :func:`{c.reference_name}`",
+           f":Production path: :func:`{c.reference_name.replace('.reference.', '.fast.')}` "
+           "(PyTorch; ``diffrl conform`` checks it by default)", "",
            ".. math::\n", _indent(c.equation), "",
            _heading("Symbols", "-"),
            ".. list-table::", "   :header-rows: 1", "",
@@ -111,6 +113,14 @@ def reference_modules() -> str:
     return "\n".join(out)
 
 
+def fast_modules() -> str:
+    """automodule directives for every family's production module (included by docs/api.rst)."""
+    out = []
+    for fam in spec.families():
+        out += [f".. automodule:: diffrl_ref.fast.{fam.name}", "   :members:", "   :no-index:", ""]
+    return "\n".join(out)
+
+
 def render() -> dict[str, str]:
     """File name -> content for every generated page."""
     from .suite.selftest import load_conformance
@@ -121,6 +131,7 @@ def render() -> dict[str, str]:
     pages = {f"{c.id}.rst": clause_page(c, tests) for c in spec.clauses().values()}
     pages["index.rst"] = index_page()
     pages["_reference_modules.inc"] = reference_modules()
+    pages["_fast_modules.inc"] = fast_modules()
     return pages
 
 

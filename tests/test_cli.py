@@ -42,7 +42,8 @@ def test_spec_table() -> None:
 def test_conform_list() -> None:
     r = run("conform", "--list")
     assert r.returncode == 0
-    assert r.stdout.splitlines()[0].split("\t")[0] == "reference"
+    names = [line.split("\t")[0] for line in r.stdout.splitlines()]
+    assert names[:2] == ["fast", "reference"], names
 
 
 @pytest.mark.parametrize("impl", ["nosuchname", "nosuchmodule:obj", "user_adapter:missing"])
@@ -53,13 +54,17 @@ def test_conform_bad_impl_is_one_clear_line(impl: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("diffrl: error:") and impl in lines[0], r.stderr
 
 
-def test_conform_report_reference(tmp_path: Path) -> None:
+@pytest.mark.parametrize("impl", [None, "reference"])
+def test_conform_report(tmp_path: Path, impl: str | None) -> None:
+    """The default implementation is the production path (float32 on cpu); the reference checks itself."""
     out = tmp_path / "r.json"
-    r = run("conform", "-k", "schedule", "--report", str(out))
+    r = run("conform", *(["--impl", impl] if impl else []), "-k", "schedule", "--report", str(out))
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "implementation: reference" in r.stdout
+    name = impl or "fast"
+    assert f"implementation: {name}" in r.stdout
     rep = json.loads(out.read_text())
-    assert rep["implementation"]["name"] == "reference"
+    assert rep["implementation"]["name"] == name
+    assert rep["implementation"]["dtype"] == ("float64" if impl else "float32")
     statuses = {c["id"]: c["status"] for c in rep["clauses"]}
     assert statuses["schedule.alpha_bar"] == "pass"
     assert rep["run"]["date"] and rep["suite"]["hypothesis_profile"] == "ci"
@@ -133,3 +138,49 @@ def test_plain_pytest_with_environment_variable() -> None:
     import re
 
     assert re.search(r"schedule\.alpha_bar\s+pass", r.stdout), r.stdout[-2000:]
+
+
+def test_bench_small_run_writes_json_table_and_plot(tmp_path: Path) -> None:
+    """A tiny ``diffrl bench``: every loop measured, ratios and fractions in the table, a plot."""
+    out = tmp_path / "b"
+    r = run("bench", "--batch", "1", "--steps", "2", "--min-time", "0", "--min-reps", "2", "--threads", "1",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "bench.json").read_text())
+    assert res["command"].startswith("diffrl bench --batch 1") and res["machine"]["cores"] >= 1
+    loops = {row["loop"] for row in res["sampling"]}
+    assert {"network-ddim", "fast-ddim", "fast-dpmpp2m", "reference-ddim"} <= loops
+    for row in res["sampling"]:
+        assert row["ms"] > 0 and row["reps"] >= 2
+        if not row["loop"].startswith("network"):
+            assert row["outside_network"] < 1 and row["peak_bytes"] is not None and row["peak_bytes"] >= 0
+    assert {row["loop"] for row in res["training"]} >= {"network", "fast-bc-loss"}
+    table = (out / "bench.rst").read_text()
+    assert "Measured" in table and res["command"] in table
+    pytest.importorskip("matplotlib")
+    assert (out / "bench.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, msg", [(["--batch", "0"], "--batch must be positive"),
+                                       (["--steps", "2000"], "--steps must be <= 1000"),
+                                       (["--threads", "0"], "--threads must be >= 1")])
+def test_bench_bad_input_is_one_clear_line(args: list[str], msg: str) -> None:
+    r = run("bench", *args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffrl: error:") and msg in lines[0], r.stderr
+
+
+def test_deviation_scoped_to_a_dtype_applies_only_to_that_dtype(tmp_path: Path) -> None:
+    """fast.yaml's bfloat16 entries must neither hide float32 failures nor be reported stale there."""
+    from types import SimpleNamespace
+
+    from diffrl_ref.suite.report import load_deviations
+
+    for dtype, n in (("float32", 0), ("float64", 0), ("bfloat16", 31)):
+        devs = load_deviations(SimpleNamespace(name="fast", dtype=dtype, device="cpu"), None)
+        assert len(devs) == n, (dtype, len(devs))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deviations:\n  - {clause: ddpm.noise, category: bug, reason: r, dtype: float8}\n")
+    with pytest.raises(ValueError, match="dtype must be among"):
+        load_deviations(SimpleNamespace(name="x", dtype="float32", device="cpu"), str(bad))

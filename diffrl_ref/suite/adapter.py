@@ -111,6 +111,8 @@ def reference_adapter(dtype: str = "float64", device: str = "cpu") -> Adapter:
 
 #: Built-in implementations: name -> (factory path, one-line description).
 BUILTINS: dict[str, tuple[str, str]] = {
+    "fast": ("diffrl_ref.adapters.fast:adapter",
+             "PyTorch production path, diffrl_ref.fast (float32 on cpu unless --dtype/--device)"),
     "reference": ("diffrl_ref.suite.adapter:reference_adapter", "float64 NumPy/SciPy reference (the oracle itself)"),
     "diffusers-ddpm": ("diffrl_ref.adapters.diffusers:ddpm",
                        "HuggingFace diffusers DDPMScheduler (needs diffusers, torch)"),

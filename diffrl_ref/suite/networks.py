@@ -25,7 +25,12 @@ ACTIVATIONS: dict[str, Callable[[F], F]] = {
 
 @dataclass(frozen=True)
 class MLP:
-    """y = W_L act(... act(W_1 x + b_1) ...) + b_L, weights as float64 arrays (row-vector convention)."""
+    """y = W_L act(... act(W_1 x + b_1) ...) + b_L, weights as float64 arrays (row-vector convention).
+
+    Batch-invariant: a row's output is bitwise the same whatever rows it is evaluated with
+    (einsum's plain loops, not BLAS, whose blocking depends on the batch), so an implementation
+    may batch network calls (conditional and unconditional together, say) without changing them.
+    """
 
     params: tuple[tuple[F, F], ...]
     activation: str = "mish"
@@ -44,7 +49,7 @@ class MLP:
         act = ACTIVATIONS[self.activation]
         h = np.asarray(x, dtype=np.float64)
         for i, (w, b) in enumerate(self.params):
-            h = h @ w + b
+            h = np.einsum("bi,io->bo", h, w, optimize=False) + b
             if i < len(self.params) - 1:
                 h = act(h)
         return h

@@ -19,7 +19,7 @@ from . import profiles
 from . import report as report_mod
 from .adapter import BUILTINS, resolve
 
-DEFAULT_IMPL = "reference"
+DEFAULT_IMPL = "fast"
 
 profiles.register()
 settings.load_profile(os.environ.get("DIFFRL_PROFILE", "ci"))

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .. import __version__, spec
+from .adapter import DEVICES, DTYPES
 
 STATUSES = ("pass", "fail", "deviation", "not-implemented", "not-run")
 CATEGORIES = ("bug", "convention", "unsupported")
@@ -41,7 +42,11 @@ def deviations_dir() -> Path:
 
 
 def load_deviations(impl: Any, path: str | None) -> list[Deviation]:
-    """The deviations file for ``impl`` (``<impl.name>.yaml``) or an explicit path."""
+    """The deviations file for ``impl`` (``<impl.name>.yaml``) or an explicit path.
+
+    An entry may name the ``dtype`` (or list of dtypes) and ``device`` it holds for; it is
+    ignored for other runs, so it is neither applied nor reported stale there.
+    """
     p = Path(path) if path else deviations_dir() / f"{impl.name}.yaml"
     if not p.is_file():
         if path:
@@ -59,6 +64,17 @@ def load_deviations(impl: Any, path: str | None) -> list[Deviation]:
             raise ValueError(f"{where}: category must be one of {CATEGORIES}, got {e['category']!r}")
         if e["clause"] not in known:
             raise ValueError(f"{where}: clause {e['clause']!r} is not in the spec")
+        scope = {}
+        for key, allowed in (("dtype", DTYPES), ("device", DEVICES)):
+            vals = e.get(key)
+            vals = [vals] if isinstance(vals, str) else list(vals or [])
+            bad = [v for v in vals if v not in allowed]
+            if bad:
+                raise ValueError(f"{where}: {key} must be among {allowed}, got {bad}")
+            scope[key] = vals
+        if (scope["dtype"] and impl.dtype not in scope["dtype"]) or (scope["device"]
+                                                                      and impl.device not in scope["device"]):
+            continue
         out.append(Deviation(e["clause"], str(e.get("property", "*")), e["category"], str(e["reason"]).strip()))
     return out
 

@@ -1,0 +1,95 @@
+"""Efficient Diffusion Policies on the production path (family ``edp``).
+
+Kang, Ma, Du, Pang and Yan, NeurIPS 2023. The one-step action approximation a0_hat is the DDPM
+x_0 reconstruction (no sampling chain), and log pi_theta(a | s) is replaced by the DDPM ELBO, a
+weighted noise-prediction error, so that the weighted-regression objective E[f(Q) log pi] of
+AWR, CRR and IQL applies. Built on ``ddpm`` and the eps-matching half of ``diffusion_ql``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import ddpm
+from ._checks import batch, finite, require, require_values, same_shape, unchecked
+from .diffusion_ql import StateEpsFn, noise_prediction, positive
+from .schedule import Schedule
+
+#: Weight functions f of the advantage A = Q - V and their default clip w_max.
+KINDS: dict[str, float] = {"awr": 20.0, "crr_exp": 20.0, "crr_binary": 1.0, "iql": 100.0}
+
+
+def action_approx(a_k: Tensor, eps_hat: Tensor, sched: Schedule, k: int | Tensor) -> Tensor:
+    """Clause ``edp.action_approx``: a0_hat = (a^k - sqrt(1 - ab_k) eps_theta(a^k, k; s)) / sqrt(ab_k)."""
+    cid = "edp.action_approx"
+    batch(a_k, cid, "a_k")
+    batch(eps_hat, cid, "eps_hat")
+    same_shape(cid, a_k=a_k, eps_hat=eps_hat)
+    kk = sched.steps(k, a_k.shape[0], cid)
+    with unchecked():  # validated above
+        return ddpm.x0_from_eps(a_k, eps_hat, sched, kk)
+
+
+def _weighted_elbo(a: Tensor, s: Tensor, eps_fn: StateEpsFn, sched: Schedule, k: int | Tensor, eps: Tensor,
+                   cid: str) -> Tensor:
+    e, e_hat, kk = noise_prediction(a, s, eps_fn, sched, k, eps, cid)
+    with unchecked():  # Ho et al.'s lambda_k at sigma_k^2 = beta_k is EDP's weight beta_k / (2 alpha_k (1 - ab_k))
+        return ddpm.simple_loss(e, e_hat, sched, kk, "vlb", "beta")
+
+
+def weighted_elbo(a: Tensor, s: Tensor, eps_fn: StateEpsFn, sched: Schedule, k: int | Tensor,
+                  eps: Tensor) -> Tensor:
+    """Clause ``edp.weighted_elbo``: beta_k / (2 alpha_k (1 - ab_k)) ||eps - eps_theta(a^k, k; s)||^2 per row.
+
+    One network call on the whole batch; -weighted_elbo approximates log pi_theta(a | s) up to a constant.
+    """
+    return _weighted_elbo(a, s, eps_fn, sched, k, eps, "edp.weighted_elbo")
+
+
+def _w_max(kind: str, w_max: float | None, cid: str) -> float:
+    if w_max is None:
+        return KINDS[kind]
+    try:
+        cap = float(w_max)
+    except (TypeError, ValueError):
+        cap = math.nan
+    require(cap > 0, cid, f"w_max must be a scalar > 0 (math.inf for no clip), got {w_max!r}")
+    return cap
+
+
+def weights(q: Tensor, v: Tensor, kind: str, temperature: float, w_max: float | None = None) -> Tensor:
+    """Clause ``edp.weights``: f(A), A = Q - V: min(exp(A / T), w_max) (awr, crr_exp), 1[A > 0] (crr_binary),
+    min(exp(T A), w_max) (iql). w_max None is the kind's default (20, 20, 100)."""
+    cid = "edp.weights"
+    require(q.ndim == 1 and q.numel() >= 1, cid, f"q must have shape (B,) with B >= 1, got {tuple(q.shape)}")
+    same_shape(cid, q=q, v=v)
+    finite(q, cid, "q")
+    finite(v, cid, "v")
+    require(kind in KINDS, cid, f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    t = positive(temperature, cid, "temperature")
+    cap = _w_max(kind, w_max, cid)
+    adv = q - v
+    if kind == "crr_binary":
+        return (adv > 0).to(q.dtype)
+    x = adv * t if kind == "iql" else adv / t
+    # exp only below the clip: a clipped weight is w_max exactly and never overflows.
+    w = torch.exp(x.clamp(max=math.log(cap) + 1.0)).clamp(max=cap)
+    require_values(torch.isfinite(w), cid, "exp(A / T) overflows: give a finite w_max or a larger temperature")
+    return w
+
+
+def policy_objective(a: Tensor, s: Tensor, eps_fn: StateEpsFn, sched: Schedule, k: int | Tensor, eps: Tensor,
+                     f: Tensor) -> Tensor:
+    """Clause ``edp.policy_objective``: J = f(Q) log pi = -f weighted_elbo per row (maximised; f is a constant)."""
+    cid = "edp.policy_objective"
+    batch(a, cid, "a")
+    require(tuple(f.shape) == (a.shape[0],), cid, f"f must have shape ({a.shape[0]},), got {tuple(f.shape)}")
+    finite(f, cid, "f")
+    require_values(f >= 0, cid, "the weights f(Q) must be >= 0")
+    return -f.detach() * _weighted_elbo(a, s, eps_fn, sched, k, eps, cid)
+
+
+__all__ = ["KINDS", "action_approx", "weighted_elbo", "weights", "policy_objective"]
