@@ -213,7 +213,7 @@ def policy_loss(x0_tot: Tensor, k: int | Tensor, eps: Tensor, eps_fns: Sequence[
                 q_norm: Tensor | None = None) -> Tensor:
     """Clause ``dof.policy_loss``: L = L_BC - sum_i eta Q_i(o_i, a_i^0) / E|Q_i'| per row (Diffusion-QL per agent).
 
-    The normaliser E|Q_i'| (mean |q_norm[:, i]|, or of q_new when q_norm is None) is detached:
+    The normaliser E abs(Q_i') (the mean of ``abs(q_norm[:, i])``, or of q_new when q_norm is None) is detached:
     a constant, as in Diffusion-QL; the gradient reaches q_new and the networks.
     """
     cid = "dof.policy_loss"

@@ -1,6 +1,6 @@
 """Monotonic value factorisation on the production path (family ``qmix``).
 
-QMIX (Rashid et al., ICML 2018): Q_tot = |w_2(s)| . ELU(Q |W_1(s)| + b_1(s)) + V(s), with the
+QMIX (Rashid et al., ICML 2018): Q_tot = abs(w_2(s)) . ELU(Q abs(W_1(s)) + b_1(s)) + V(s), with the
 weights produced from the state by hypernetworks, so dQ_tot/dQ_i >= 0 and the greedy joint
 action is the tuple of the agents' greedy actions (IGM). MAD2RL (Liu et al., IEEE TMC 2024)
 improves its diffusion-based agents through this mixer. Hypernetworks are tensor callables of
@@ -71,13 +71,13 @@ def mixing_weights(s: Tensor, hyper: Hypernetworks, N: int, cid: str = "qmix.mix
 
 
 def mix(q: Tensor, w: MixWeights) -> Tensor:
-    """Q_tot = sum_h |w_2|_h ELU(sum_i q_i |W_1|_ih + b_1h) + V for q (B, M, N) sharing row b's weights -> (B, M)."""
+    """Q_tot = sum_h abs(w_2)_h ELU(sum_i q_i abs(W_1)_ih + b_1h) + V for q (B, M, N) sharing row b's weights -> (B, M)."""
     hidden = nnf.elu(torch.einsum("bmn,bnh->bmh", q, w.w1.abs()) + w.b1.unsqueeze(1))
     return torch.einsum("bmh,bh->bm", hidden, w.w2.abs()) + w.v
 
 
 def mixer(q: Tensor, s: Tensor, hyper: Hypernetworks) -> Tensor:
-    """Clause ``qmix.mixer``: Q_tot = sum_h |w_2(s)|_h ELU(sum_i Q_i |W_1(s)|_ih + b_1(s)_h) + V(s), shape (B,)."""
+    """Clause ``qmix.mixer``: Q_tot = sum_h abs(w_2(s))_h ELU(sum_i Q_i abs(W_1(s))_ih + b_1(s)_h) + V(s), shape (B,)."""
     cid = "qmix.mixer"
     batch(q, cid, "q")
     B, N = q.shape
