@@ -71,13 +71,19 @@ def mixing_weights(s: Tensor, hyper: Hypernetworks, N: int, cid: str = "qmix.mix
 
 
 def mix(q: Tensor, w: MixWeights) -> Tensor:
-    """Q_tot = sum_h abs(w_2)_h ELU(sum_i q_i abs(W_1)_ih + b_1h) + V for q (B, M, N) sharing row b's weights -> (B, M)."""
+    """Q_tot = sum_h abs(w_2)_h ELU(sum_i q_i abs(W_1)_ih + b_1h) + V for q (B, M, N) -> (B, M).
+
+    The M rows of q in batch row b share row b's weights.
+    """
     hidden = nnf.elu(torch.einsum("bmn,bnh->bmh", q, w.w1.abs()) + w.b1.unsqueeze(1))
     return torch.einsum("bmh,bh->bm", hidden, w.w2.abs()) + w.v
 
 
 def mixer(q: Tensor, s: Tensor, hyper: Hypernetworks) -> Tensor:
-    """Clause ``qmix.mixer``: Q_tot = sum_h abs(w_2(s))_h ELU(sum_i Q_i abs(W_1(s))_ih + b_1(s)_h) + V(s), shape (B,)."""
+    """Clause ``qmix.mixer``: Q_tot = sum_h abs(w_2(s))_h ELU(sum_i Q_i abs(W_1(s))_ih + b_1(s)_h) + V(s).
+
+    Shape (B,).
+    """
     cid = "qmix.mixer"
     batch(q, cid, "q")
     B, N = q.shape
