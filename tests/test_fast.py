@@ -111,7 +111,7 @@ def test_dpm_solver_sampler_equals_pp_2m_on_the_schedule_levels() -> None:
     assert torch.allclose(got, x0, rtol=1e-10, atol=1e-10)
 
 
-def _compiled_equals_eager(fn: Callable[[], Tensor]) -> None:
+def assert_compiled_equals_eager(fn: Callable[[], Tensor]) -> None:
     torch._dynamo.reset()
     eager = fn()
     with unchecked():
@@ -131,11 +131,11 @@ def test_samplers_compile_fullgraph() -> None:
     anc = ddpm.AncestralSampler(sched, "beta_tilde", clip=1.0)
     z = torch.randn(5, 5, 3)
     with torch.no_grad():
-        _compiled_equals_eager(lambda: dd(x_K, eps_fn))
-        _compiled_equals_eager(lambda: dpm(x_K, eps_fn))
-        _compiled_equals_eager(lambda: anc(x_K, eps_fn, z))
+        assert_compiled_equals_eager(lambda: dd(x_K, eps_fn))
+        assert_compiled_equals_eager(lambda: dpm(x_K, eps_fn))
+        assert_compiled_equals_eager(lambda: anc(x_K, eps_fn, z))
         act = diffusion_ql.ActionSampler(sched)
-        _compiled_equals_eager(lambda: act(s, net, x_K, z))
+        assert_compiled_equals_eager(lambda: act(s, net, x_K, z))
 
 
 def test_training_loss_compiles_with_the_same_gradient() -> None:

@@ -10,7 +10,9 @@ inputs once). Every violation raises :class:`DomainError`, a ``ValueError`` nami
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
+from typing import SupportsIndex
 
 import torch
 from torch import Tensor
@@ -55,6 +57,22 @@ def require_values(ok: Tensor, clause: str, condition: str) -> None:
     """A value check on a boolean tensor; skipped when :func:`checking` is off."""
     if checking() and not bool(ok.all()):
         raise DomainError(clause, condition)
+
+
+def integer(v: object, clause: str, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """A Python int (from an int, a NumPy integer or an integer 0-d tensor; not a bool, not 1.0) in [lo, hi]."""
+    i: int | None = None
+    if isinstance(v, SupportsIndex) and not isinstance(v, bool):
+        try:
+            i = operator.index(v)
+        except TypeError:
+            pass
+    if i is None:
+        raise DomainError(clause, f"{name} must be an integer, got {v!r}")
+    if lo is not None or hi is not None:
+        require((lo is None or i >= lo) and (hi is None or i <= hi), clause,
+                f"{name} must lie in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}], got {i}")
+    return i
 
 
 def finite(x: Tensor, clause: str, name: str) -> Tensor:

@@ -121,11 +121,11 @@ class DDIMSampler:
         self.coef: list[tuple[int, float, float, float]] = []  # (k, c_x, c_eps, sigma), k descending
         prev = [0, *self.tau[:-1]]
         for k, kp in zip(reversed(self.tau), reversed(prev), strict=True):
-            ab_k, ab_p = sched.ab64(k), sched.ab64(kp)
-            sig = self.eta * math.sqrt((1 - ab_p) / (1 - ab_k)) * math.sqrt(1 - ab_k / ab_p)
-            direction = math.sqrt(max(1 - ab_p - sig**2, 0.0))
+            ab_k, ab_p, om_k, om_p = sched.ab64(k), sched.ab64(kp), sched.om64(k), sched.om64(kp)
+            sig = self.eta * math.sqrt(om_p / om_k) * math.sqrt(1 - ab_k / ab_p)
+            direction = math.sqrt(max(om_p - sig**2, 0.0))
             c_x = math.sqrt(ab_p / ab_k)
-            c_eps = direction - math.sqrt(ab_p) * math.sqrt(1 - ab_k) / math.sqrt(ab_k)
+            c_eps = direction - math.sqrt(ab_p) * math.sqrt(om_k) / math.sqrt(ab_k)
             self.coef.append((k, c_x, c_eps, sig))
         if not land_on_x0:
             self.coef.pop()

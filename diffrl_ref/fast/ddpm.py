@@ -165,11 +165,9 @@ class AncestralSampler:
         require(variance in VARIANCES, cid, f"variance must be one of {VARIANCES}, got {variance!r}")
         require(clip is None or clip > 0, cid, f"clip must be > 0 or None, got {clip!r}")
         self.sched, self.variance, self.clip = sched, variance, clip
-        b = sched.betas64
-        one_m = -torch.expm1(torch.cumsum(torch.log1p(-b), 0))
-        one_m_prev = torch.cat([torch.zeros(1, dtype=b.dtype), one_m[:-1]])
-        ab = 1.0 - one_m
-        ab_prev = torch.cat([torch.ones(1, dtype=b.dtype), ab[:-1]])
+        b = sched.betas64  # index i = k - 1 in every table below
+        one_m, one_m_prev = sched.one_minus_alpha_bar64[1:], sched.one_minus_alpha_bar64[:-1]
+        ab, ab_prev = sched.alpha_bar64[1:], sched.alpha_bar64[:-1]
         s2 = b if variance == "beta" else one_m_prev / one_m * b
         self.coef: list[tuple[int, float, float, float, float, float]] = []
         for k in range(sched.K, 0, -1):

@@ -12,15 +12,13 @@ tensor ``y_null`` (zeros unless given). Networks are tensor callables:
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
-from typing import SupportsIndex
 
 import torch
 from torch import Tensor
 
 from . import ddpm, guidance
-from ._checks import DomainError, batch, finite, require, require_values, same_shape, scalar
+from ._checks import batch, finite, integer, require, require_values, same_shape, scalar
 from .schedule import Schedule
 
 #: eps_fn(x (B, ...), k (B,) int64, y (B, dy)) -> eps_hat (B, ...)
@@ -34,21 +32,6 @@ def _states(x: Tensor, cid: str, name: str) -> Tensor:
     require(x.ndim == 3 and min(x.shape) >= 1, cid, f"{name} must have shape (B, H, ds) with non-empty axes, "
             f"got shape {tuple(x.shape)}")
     return finite(x, cid, name)
-
-
-def integer(v: object, cid: str, name: str, lo: int = 0, hi: int | None = None) -> int:
-    """A Python int in [lo, hi] from an int, a NumPy integer or an integer 0-d tensor (not a bool, not 1.0)."""
-    i: int | None = None
-    if isinstance(v, SupportsIndex) and not isinstance(v, bool):
-        try:
-            i = operator.index(v)
-        except TypeError:
-            pass
-    if i is None:
-        raise DomainError(cid, f"{name} must be an integer, got {v!r}")
-    require(i >= lo and (hi is None or i <= hi), cid,
-            f"{name} must lie in [{lo}, {'inf' if hi is None else hi}], got {i}")
-    return i
 
 
 def steps(k: int | Tensor, B: int, device: torch.device, cid: str) -> Tensor:

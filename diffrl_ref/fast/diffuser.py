@@ -10,15 +10,13 @@ known entries are imposed by inpainting after every step. Networks are tensor ca
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
-from typing import SupportsIndex
 
 import torch
 from torch import Tensor
 
 from . import ddpm, guidance
-from ._checks import DomainError, checking, finite, require, require_values, same_shape, scalar
+from ._checks import checking, finite, integer, require, require_values, same_shape, scalar
 from .schedule import Schedule, at
 
 #: eps_fn(tau (B, L, D), k (B,) int64) -> eps_hat (B, L, D)
@@ -32,16 +30,6 @@ def _plans(x: Tensor, cid: str, name: str) -> Tensor:
     require(x.ndim == 3 and min(x.shape) >= 1, cid, f"{name} must have shape (B, L, D) with non-empty axes, "
             f"got shape {tuple(x.shape)}")
     return finite(x, cid, name)
-
-
-def _integer(v: object, cid: str, name: str) -> int:
-    """A Python integer (an int, a NumPy integer, an integer 0-d tensor; not a bool, not 1.0)."""
-    if isinstance(v, SupportsIndex) and not isinstance(v, bool):
-        try:
-            return operator.index(v)
-        except TypeError:
-            pass
-    raise DomainError(cid, f"{name} must be an integer, got {v!r}")
 
 
 def _variance(variance: str, cid: str) -> str:
@@ -77,7 +65,7 @@ def split_trajectory(tau: Tensor, state_dim: int) -> tuple[Tensor, Tensor]:
     cid = "diffuser.split_trajectory"
     _plans(tau, cid, "tau")
     D = tau.shape[2]
-    ds = _integer(state_dim, cid, "state_dim")
+    ds = integer(state_dim, cid, "state_dim")
     require(1 <= ds < D, cid, f"state_dim must lie in [1, D - 1] = [1, {D - 1}], got {ds}")
     return tau[..., :ds], tau[..., ds:]
 

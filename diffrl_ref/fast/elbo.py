@@ -90,10 +90,6 @@ def identity(x: Tensor, W: Tensor, b: Tensor, s2: float, q_mean: Tensor, q_cov: 
     return ElboTerms(log_px, reconstruction - prior_kl, reconstruction, prior_kl, posterior_kl)
 
 
-def _xlogy(x: Tensor, y: Tensor) -> Tensor:
-    return torch.xlogy(x, y)
-
-
 def max_likelihood(p_data: Tensor, p_theta: Tensor) -> LikelihoodTerms:
     """Clause ``elbo.max_likelihood``: KL(p_data || p_theta) = -H(p_data) - E_{p_data}[log p_theta], per row."""
     cid = "elbo.max_likelihood"
@@ -106,8 +102,8 @@ def max_likelihood(p_data: Tensor, p_theta: Tensor) -> LikelihoodTerms:
         require_values(a >= 0, cid, f"{name} must be >= 0")
         require_values((a.sum(-1) - 1.0).abs() <= (n + 1) * _U32, cid,
                        f"every row of {name} must sum to 1 within (n + 1) * 2^-24")
-    cross_entropy = -_xlogy(p_data, p_theta).sum(-1)
-    entropy = -_xlogy(p_data, p_data).sum(-1)
+    cross_entropy = -torch.xlogy(p_data, p_theta).sum(-1)
+    entropy = -torch.xlogy(p_data, p_data).sum(-1)
     # rel_entr: p log(p/q), 0 where p = 0, +inf where p > 0 = q
     kl = torch.where(p_data > 0, p_data * (torch.log(p_data) - torch.log(p_theta)), torch.zeros_like(p_data)).sum(-1)
     return LikelihoodTerms(kl, cross_entropy, entropy)

@@ -19,11 +19,7 @@ def reparam(mu: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
 
 
 def kl(mu1: Tensor, var1: Tensor, mu2: Tensor, var2: Tensor) -> Tensor:
-    """Clause ``gaussian.kl``: KL(N(mu1, diag var1) || N(mu2, diag var2)) per row, summed over coordinates.
-
-    ratio - 1 - log(ratio) is evaluated as ratio - 1 - log1p(ratio - 1) near 1 would still cancel;
-    the spec's tolerance is relative to the terms, so the direct form is kept.
-    """
+    """Clause ``gaussian.kl``: KL(N(mu1, diag var1) || N(mu2, diag var2)) per row, summed over coordinates."""
     cid = "gaussian.kl"
     for name, t in (("mu1", mu1), ("var1", var1), ("mu2", mu2), ("var2", var2)):
         batch(t, cid, name)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import decision_diffuser as dd
-from ._checks import finite, require
+from ._checks import finite, integer, require
 
 
 def _joint(x: Tensor, cid: str, name: str) -> Tensor:
@@ -60,9 +60,9 @@ def decentralised_action(x0: Tensor, i: int, inv_fn: dd.InvFn, t: int = 0) -> Te
     cid = "madiff.decentralised_action"
     _joint(x0, cid, "x0")
     _, N, H, _ = x0.shape
-    agent = dd.integer(i, cid, "i", 0, N - 1)
+    agent = integer(i, cid, "i", 0, N - 1)
     require(H >= 2, cid, f"a plan needs H >= 2 steps to define an action, got H = {H}")
-    step = dd.integer(t, cid, "t", 0, H - 2)
+    step = integer(t, cid, "t", 0, H - 2)
     require(callable(inv_fn), cid, "inv_fn must be callable")
     own = x0[:, agent, step:step + 2]  # agent i's slice only: (B, 2, d)
     return dd.inverse_dynamics(own, inv_fn, clause=cid)[:, 0]

@@ -92,7 +92,10 @@ class Schedule:
     sqrt_alpha_bar: Tensor
     sqrt_one_minus_alpha_bar: Tensor
     beta_tilde: Tensor
-    betas64: Tensor  # beta_1..beta_K in float64 on the host, for samplers' scalar coefficients
+    # float64 on the host, for the samplers' per-step scalar coefficients
+    betas64: Tensor  # beta_1..beta_K, (K,)
+    alpha_bar64: Tensor  # (K + 1,)
+    one_minus_alpha_bar64: Tensor  # (K + 1,)
 
     @property
     def K(self) -> int:
@@ -123,7 +126,8 @@ class Schedule:
         def cast(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype)
 
-        return cls(cast(beta), cast(ab), cast(one_m), cast(ab.sqrt()), cast(one_m.sqrt()), cast(beta_tilde), b)
+        return cls(cast(beta), cast(ab), cast(one_m), cast(ab.sqrt()), cast(one_m.sqrt()), cast(beta_tilde), b, ab,
+                   one_m)
 
     @classmethod
     def linear(cls, K: int, beta_start: float = 1e-4, beta_end: float = 0.02, **kw: object) -> Schedule:
@@ -138,8 +142,12 @@ class Schedule:
         return cls.from_betas(cosine(K, s, max_beta), **kw)  # type: ignore[arg-type]
 
     def ab64(self, k: int) -> float:
-        """alpha_bar_k as a Python float, from the float64 betas (for per-step scalar coefficients)."""
-        return float(torch.prod(1.0 - self.betas64[:k])) if k > 0 else 1.0
+        """alpha_bar_k as a Python float (float64 table)."""
+        return float(self.alpha_bar64[k])
+
+    def om64(self, k: int) -> float:
+        """1 - alpha_bar_k as a Python float (float64 table, no cancellation near alpha_bar = 1)."""
+        return float(self.one_minus_alpha_bar64[k])
 
     def steps(self, k: int | Tensor, B: int, clause: str, lo: int = 1) -> Tensor:
         """Steps as a (B,) int64 tensor on the schedule's device; k is an int or a scalar/(B,) tensor."""
