@@ -5,6 +5,8 @@
 ``diffrl selftest [...]``       run the suite against planted bugs and report the fraction caught
 ``diffrl docs``                 regenerate the per-clause docs pages from spec/
 ``diffrl bench [...]``          time the production path against the reference and diffusers
+``diffrl train diffsr|sac ...``  train Diff-SR or SAC online on MuJoCo / MetaWorld (resumable)
+``diffrl plot RUN [RUN ...]``   learning curves and the results table of run folders
 """
 
 from __future__ import annotations
@@ -21,6 +23,31 @@ from .suite.plugin import DEFAULT_IMPL
 
 class CliError(Exception):
     """One clear line for the user, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _count(text: str) -> int:
+    """A non-negative integer, also written 2e5 or 200_000."""
+    try:
+        v = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if not (v >= 0 and v.is_integer() and v < 2**62):
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(v)
+
+
+def _positive(text: str) -> int:
+    v = _count(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
 
 
 def _coverage() -> list[dict[str, Any]]:
@@ -159,7 +186,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="diffrl", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = Parser(prog="diffrl", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"diffrl-ref {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -196,7 +223,74 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-reps", type=int, default=5, help="repetitions per loop at least (default: 5)")
     b.add_argument("--out", default="bench-out", help="output directory for bench.json/.rst/.png")
     b.add_argument("--no-plot", action="store_true", help="skip the plot")
+
+    r = sub.add_parser("train", help="train Diff-SR or SAC online (progress bar, CSV/TensorBoard logs, resumable)")
+    r.add_argument("algo", choices=["diffsr", "sac"], help="diffsr (Algorithm 2) or sac (stable-baselines3)")
+    r.add_argument("--env", required=True, help="Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task (reach-v3)")
+    r.add_argument("--steps", type=_positive, required=True, help="environment steps in total (resume: to this many)")
+    r.add_argument("--seed", type=_count, default=0, help="seed of the run (default: 0)")
+    r.add_argument("--out", required=True, help="run folder; the same command again resumes from its checkpoint")
+    r.add_argument("--eval-every", type=_positive, default=5000, help="steps between evaluations (default: 5000)")
+    r.add_argument("--eval-episodes", type=_positive, default=10, help="episodes per evaluation (default: 10)")
+    r.add_argument("--checkpoint-every", type=_positive, default=10_000,
+                   help="checkpoint at the first episode end after every N steps (default: 10000)")
+    r.add_argument("--log-every", type=_positive, default=1000, help="steps between train.csv rows (default: 1000)")
+    r.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a hyperparameter (docs/rl.rst lists them), repeatable")
+    r.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    r.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = sub.add_parser("plot", help="learning curves and results table from run folders")
+    g.add_argument("runs", nargs="+", help="run folders (grouped by environment and algorithm)")
+    g.add_argument("--out", default="rl-out", help="output folder for curves.png, results.json, results.rst")
+    g.add_argument("--at", type=_positive, nargs="+", default=[50_000, 100_000, 200_000],
+                   help="steps of the results table (default: 50000 100000 200000)")
     return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .rl import envs, loop
+
+    hp: dict[str, str] = {}
+    for item in args.hp:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise CliError(f"--hp expects NAME=VALUE, got {item!r}")
+        hp[name] = value
+    try:
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise CliError("--device cuda: torch sees no CUDA device")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        resolved = loop.agent_config(args.algo, hp)
+        cfg = loop.RunConfig(algo=args.algo, env=args.env, seed=args.seed, steps=args.steps,
+                             eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                             checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                             hp={k: getattr(resolved, k) for k in sorted(hp)}, device=args.device)
+        summary = loop.train(cfg, Path(args.out), progress=not args.no_progress)
+    except (loop.RunError, envs.EnvError) as exc:
+        raise CliError(str(exc)) from None
+    except ImportError as exc:
+        raise CliError(f"diffrl train needs the rl extra ({exc.name} missing): pip install 'diffrl-ref[rl]'") from None
+    state = "already complete" if summary.get("already_done") else "done"
+    ev = summary.get("last_eval") or {}
+    print(f"train: {state}: {summary['steps']} steps in {args.out}"
+          + (f", last evaluation return {ev['return_mean']:.1f}, success {ev['success_rate']:.2f}" if ev else ""))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .rl import report
+
+    try:
+        wrote = report.main([Path(r) for r in args.runs], Path(args.out), args.at)
+    except report.ReportError as exc:
+        raise CliError(str(exc)) from None
+    print("plot: wrote " + ", ".join(map(str, wrote)))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -243,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_selftest(args)
         if args.command == "bench":
             return cmd_bench(args, list(argv if argv is not None else sys.argv[1:]))
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "plot":
+            return cmd_plot(args)
         return cmd_docs(args)
     except CliError as exc:
         print(f"diffrl: error: {exc}", file=sys.stderr)

@@ -121,6 +121,23 @@ def fast_modules() -> str:
     return "\n".join(out)
 
 
+def rl_hyperparameters() -> str:
+    """The Diff-SR and SAC hyperparameter tables, values and sources from the configs (included by docs/rl.rst)."""
+    from dataclasses import fields
+
+    from .rl import diffsr, sac
+
+    out: list[str] = []
+    for title, cfg, sources in (("Diff-SR", diffsr.DiffSRConfig(), diffsr.HYPERPARAMETERS),
+                                ("SAC (stable-baselines3)", sac.SACConfig(), sac.HYPERPARAMETERS)):
+        out += [f".. list-table:: {title}", "   :header-rows: 1", "   :widths: 18 12 70", "",
+                "   * - ``--hp`` name", "     - Default", "     - Source"]
+        for f in fields(cfg):
+            out += [f"   * - ``{f.name}``", f"     - ``{getattr(cfg, f.name)!r}``", f"     - {_esc(sources[f.name])}"]
+        out.append("")
+    return "\n".join(out)
+
+
 def render() -> dict[str, str]:
     """File name -> content for every generated page."""
     from .suite.selftest import load_conformance
@@ -132,6 +149,7 @@ def render() -> dict[str, str]:
     pages["index.rst"] = index_page()
     pages["_reference_modules.inc"] = reference_modules()
     pages["_fast_modules.inc"] = fast_modules()
+    pages["_rl_hyperparameters.inc"] = rl_hyperparameters()
     return pages
 
 

@@ -1,0 +1,328 @@
+"""The online training loop shared by Diff-SR and SAC: logs, evaluation, atomic checkpoints, exact resume.
+
+A run folder holds ``config.json`` (what was asked), ``checkpoint.pt`` (everything needed to go on:
+networks, optimizers, replay buffer, every random generator, counters and timers), ``eval.csv``
+(periodic deterministic evaluation), ``train.csv`` (losses and throughput every ``log_every`` steps),
+``episodes.csv`` (one row per training episode) and ``tb/`` (the same scalars for TensorBoard).
+
+Checkpoints are written at the first episode end at or after each multiple of ``checkpoint_every``
+(an episode boundary has no environment state to save, because every episode is reset from its own
+seed: :func:`diffrl_ref.rl.envs.reset`). Resuming drops every log row after the checkpoint's step and
+redoes those steps, so after a kill -9 no step is lost or repeated in the logs, and on CPU the
+resumed run's numbers equal the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from . import envs
+from .diffsr import DiffSRAgent, DiffSRConfig
+from .sac import SB3SAC, SACConfig
+
+ALGOS = ("diffsr", "sac")
+CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig}
+EVAL_COLUMNS = ["step", "return_mean", "return_std", "length_mean", "success_rate", "train_seconds"]
+TRAIN_COLUMNS = ["step", "steps_per_s", "critic_loss", "actor_loss", "alpha", "rep_loss"]
+EPISODE_COLUMNS = ["step", "episode", "return", "length", "success"]
+FORMAT = 1
+
+
+class RunError(ValueError):
+    """A run that cannot start or resume; the CLI prints it as one line."""
+
+
+class Agent(Protocol):
+    name: str
+
+    def act(self, s: np.ndarray, deterministic: bool) -> np.ndarray: ...
+    def observe(self, s: np.ndarray, a: np.ndarray, r: float, s_next: np.ndarray, terminated: bool) -> None: ...
+    def update(self) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, st: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RunConfig:
+    algo: str
+    env: str
+    seed: int
+    steps: int
+    eval_every: int = 5000
+    eval_episodes: int = 10
+    checkpoint_every: int = 10_000
+    log_every: int = 1000
+    hp: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a folder to be resumed (steps may grow; device and logging may change)."""
+        return {"format": FORMAT, "algo": self.algo, "env": self.env, "seed": self.seed,
+                "eval_every": self.eval_every, "eval_episodes": self.eval_episodes, "hp": self.hp}
+
+
+def agent_config(algo: str, overrides: dict[str, str]) -> Any:
+    """The algorithm's config with ``name=value`` overrides, each converted to the field's type."""
+    if algo not in CONFIGS:
+        raise RunError(f"unknown algorithm {algo!r}: expected one of {', '.join(ALGOS)}")
+    cls = CONFIGS[algo]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, raw in overrides.items():
+        if name not in fields:
+            raise RunError(f"unknown {algo} hyperparameter {name!r}: expected one of {', '.join(fields)}")
+        kind: Any = type(fields[name].default)
+        try:
+            value = kind(float(raw)) if kind is int and float(raw).is_integer() else kind(raw)
+        except ValueError:
+            what = {int: "an integer", float: "a number"}.get(kind, "a string")
+            raise RunError(f"{algo} hyperparameter {name} must be {what}, got {raw!r}") from None
+        if kind in (int, float) and not (math.isfinite(value) and value >= 0):
+            raise RunError(f"{algo} hyperparameter {name} must be finite and >= 0, got {raw!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def make_agent(algo: str, cfg: Any, env: Any, seed: int, device: str) -> Agent:
+    if algo == "sac":
+        return SB3SAC(env, cfg, seed, device)
+    torch.manual_seed(seed)
+    return DiffSRAgent(env.observation_space.shape[0], env.action_space.shape[0], cfg, device)
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """write(tmp_path), fsync, then rename over ``path``: a reader sees the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """Append-only CSV, flushed per row; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, columns: list[str], keep_until: int | None) -> None:
+        self.path, self.columns = path, columns
+        rows: list[dict[str, str]] = []
+        if keep_until is not None and path.exists():
+            with open(path, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    try:  # a kill -9 can leave a torn last line
+                        if int(row["step"]) <= keep_until and None not in row.values():
+                            rows.append(row)
+                    except (TypeError, ValueError):
+                        continue
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, columns)
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(path, write)
+        self.fh = open(path, "a", newline="")  # noqa: SIM115 - closed by close()
+        self.writer = csv.DictWriter(self.fh, columns, extrasaction="ignore")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    t: int = 0
+    episode: int = 0
+    next_checkpoint: int = 0
+    train_seconds: float = 0.0
+    learn_seconds: float = 0.0
+    learn_steps: int = 0
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ck: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+            raise ValueError("not a diffrl-ref checkpoint of this format")
+        return ck
+    except Exception as exc:
+        raise RunError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                       f"; delete it to start the run over") from None
+
+
+def prepare(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
+    """Check the folder against ``cfg``; return the checkpoint to resume from, or None for a fresh start."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    conf = out / "config.json"
+    ckpt_path = out / "checkpoint.pt"
+    if conf.exists():
+        try:
+            old = json.loads(conf.read_text())
+        except ValueError:
+            raise RunError(f"cannot read {conf}; delete the folder to start over") from None
+        if old.get("identity") != cfg.identity():
+            raise RunError(f"{out} holds another run ({old.get('identity')}); use another --out")
+    if not ckpt_path.exists():
+        return None
+    ck = load_checkpoint(ckpt_path)
+    if ck["identity"] != cfg.identity():
+        raise RunError(f"checkpoint {ckpt_path} belongs to another run; use another --out")
+    return ck
+
+
+def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) ``cfg`` in ``out`` until ``cfg.steps`` environment steps; returns the summary."""
+    from tqdm import tqdm
+
+    envs.check_name(cfg.env)
+    agent_cfg = agent_config(cfg.algo, {k: str(v) for k, v in cfg.hp.items()})
+    ck = prepare(cfg, out)
+    if ck is not None and ck["state"]["t"] > cfg.steps:
+        raise RunError(f"{out} is checkpointed at step {ck['state']['t']}, beyond --steps {cfg.steps}")
+    done_path = out / "done.json"
+    if done_path.exists() and json.loads(done_path.read_text()).get("steps") == cfg.steps:
+        summary: dict[str, Any] = json.loads(done_path.read_text())
+        summary["already_done"] = True
+        return summary
+
+    env = envs.make(cfg.env, cfg.seed)
+    eval_env = envs.make(cfg.env, cfg.seed, evaluation=True)
+    agent = make_agent(cfg.algo, agent_cfg, env, cfg.seed, cfg.device)
+    low, high = env.action_space.low, env.action_space.high
+    da = env.action_space.shape[0]
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, 7])))
+    st = State(next_checkpoint=cfg.checkpoint_every)
+    if ck is None:
+        np.random.seed(cfg.seed)  # noqa: NPY002 - stable-baselines3 samples its buffer from the global state
+        torch.manual_seed(cfg.seed)
+        shutil.rmtree(out / "tb", ignore_errors=True)  # a fresh start leaves no stale TensorBoard events
+        atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(
+            {"identity": cfg.identity(), "resolved": dataclasses.asdict(agent_cfg),
+             "torch": torch.__version__}, indent=1)))
+        done_path.unlink(missing_ok=True)
+    else:
+        agent.load_state_dict(ck["agent"])
+        st = State(**ck["state"])
+        rng.bit_generator.state = ck["rng"]["loop"]
+        np.random.set_state(ck["rng"]["numpy"])  # noqa: NPY002 - see np.random.seed above
+        torch.set_rng_state(ck["rng"]["torch"])
+        done_path.unlink(missing_ok=True)
+    keep = None if ck is None else st.t
+    eval_log = CsvLog(out / "eval.csv", EVAL_COLUMNS, keep)
+    train_log = CsvLog(out / "train.csv", TRAIN_COLUMNS, keep)
+    ep_log = CsvLog(out / "episodes.csv", EPISODE_COLUMNS, keep)
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(out / "tb"), purge_step=None if ck is None else st.t + 1)
+    learning_starts = int(agent_cfg.learning_starts)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return agent.act(obs, deterministic=True)
+
+    def evaluate() -> dict[str, float]:
+        res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes)
+        eval_log.add({"step": st.t, **res, "train_seconds": st.train_seconds})
+        for k, v in res.items():
+            tb.add_scalar(f"eval/{k}", v, st.t)
+        return res
+
+    def checkpoint() -> None:
+        payload = {"format": FORMAT, "identity": cfg.identity(), "state": dataclasses.asdict(st),
+                   "agent": agent.state_dict(),
+                   "rng": {"loop": rng.bit_generator.state, "numpy": np.random.get_state(),  # noqa: NPY002
+                           "torch": torch.get_rng_state()}}
+        tb.flush()
+        atomic_write(out / "checkpoint.pt", lambda p: torch.save(payload, p))
+
+    last = evaluate() if st.t == 0 else {}
+    bar = tqdm(total=cfg.steps, initial=st.t, unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0,
+               desc=f"{cfg.algo} {cfg.env} seed {cfg.seed}")
+    obs: np.ndarray | None = None
+    ret, length, success = 0.0, 0, False
+    info: dict[str, float] = {}
+    window_t, window_start = st.t, time.perf_counter()
+    try:
+        while st.t < cfg.steps:
+            tick = time.perf_counter()
+            if obs is None:
+                obs = envs.reset(env, envs.episode_seed(cfg.seed, st.episode))
+                ret, length, success = 0.0, 0, False
+            learning = st.t >= learning_starts
+            a = agent.act(obs, deterministic=False) if learning else rng.uniform(-1.0, 1.0, da).astype(np.float32)
+            obs_next, r, term, trunc, env_info = envs.step(env, low + 0.5 * (a + 1.0) * (high - low))
+            agent.observe(obs, a, r, obs_next, term)
+            if learning:
+                info = agent.update()
+            st.t += 1
+            ret, length = ret + r, length + 1
+            success = success or bool(env_info.get("success", 0.0))
+            obs = obs_next
+            elapsed = time.perf_counter() - tick
+            st.train_seconds += elapsed
+            if learning:
+                st.learn_seconds += elapsed
+                st.learn_steps += 1
+            bar.update(1)
+            if st.t % cfg.log_every == 0:
+                now = time.perf_counter()
+                sps = (st.t - window_t) / max(now - window_start, 1e-9)
+                window_t, window_start = st.t, now
+                train_log.add({"step": st.t, "steps_per_s": sps, **info})
+                tb.add_scalar("train/steps_per_s", sps, st.t)
+                for k, v in info.items():
+                    tb.add_scalar(f"train/{k}", v, st.t)
+            if st.t % cfg.eval_every == 0:
+                last = evaluate()
+                bar.set_postfix(ret=f"{last['return_mean']:.1f}", succ=f"{last['success_rate']:.2f}")
+                window_start = time.perf_counter()  # evaluation is not training throughput
+            if term or trunc:
+                ep_log.add({"step": st.t, "episode": st.episode, "return": ret, "length": length,
+                            "success": int(success)})
+                tb.add_scalar("train/episode_return", ret, st.t)
+                st.episode += 1
+                obs = None
+                if st.t >= st.next_checkpoint or st.t == cfg.steps:
+                    while st.next_checkpoint <= st.t:
+                        st.next_checkpoint += cfg.checkpoint_every
+                    checkpoint()
+    finally:
+        bar.close()
+        tb.close()
+        for log in (eval_log, train_log, ep_log):
+            log.close()
+    summary = {"steps": st.t, "episodes": st.episode, "train_seconds": st.train_seconds,
+               "learn_steps": st.learn_steps, "learn_seconds": st.learn_seconds,
+               "seconds_per_1k_learning_steps": 1000 * st.learn_seconds / max(st.learn_steps, 1),
+               "last_eval": last}
+    atomic_write(done_path, lambda p: p.write_text(json.dumps(summary, indent=1)))
+    return summary

@@ -1,0 +1,262 @@
+"""Learning curves and the results table of ``diffrl train`` run folders (``diffrl plot``).
+
+Runs are grouped by (environment, algorithm); the seeds of a group are its members. The metric is the
+evaluation return for MuJoCo environments and the evaluation success rate for MetaWorld tasks. Three
+files are written to the output folder:
+
+``curves.png``
+    One panel per environment: for each algorithm, the mean over seeds at the evaluation steps that
+    every seed has reached, shaded by plus or minus one standard deviation over seeds.
+``results.json``
+    One row per group: ``env``, ``algo``, ``label``, ``seeds``, ``runs``, ``steps_reached`` (the
+    smallest last evaluation step over seeds), ``metric`` (``return`` or ``success_rate``), ``at``
+    (for each requested step that every seed reached: ``mean``, ``std`` and ``n`` over seeds of the
+    evaluation at that step), ``seconds_per_1k_steps`` and ``steps_per_s`` (wall time of the learning
+    phase, mean over seeds, evaluation excluded; null when no seed has learned yet) and ``complete``
+    (every seed has finished, that is has ``done.json``) with ``in_progress`` (the seeds that have not).
+``results.rst``
+    The same as a reStructuredText list table, followed by a note per group whose runs are in progress.
+
+Standard deviations are numpy's default (population, ``ddof=0``): 0 for a single seed, never NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import envs, loop
+
+LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)"}
+COLORS = {"diffsr": "C0", "sac": "C1"}
+ALGO_ORDER = {name: i for i, name in enumerate(loop.ALGOS)}
+DASH = "—"
+
+
+class ReportError(ValueError):
+    """Run folders that cannot be reported; the CLI prints it as one line."""
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    env: str
+    algo: str
+    seed: int
+    eval_every: int
+    evals: list[dict[str, float]]  # eval.csv rows, by step
+    seconds_per_1k: float | None  # learning-phase wall seconds per 1000 steps; None before learning
+    done: bool
+
+    @property
+    def last_step(self) -> int:
+        return int(self.evals[-1]["step"])
+
+
+Group = tuple[str, str]  # (env, algo)
+
+
+# ---- reading run folders -------------------------------------------------------------------------
+
+
+def metric(env: str) -> str:
+    return "success_rate" if envs.is_metaworld(env) else "return"
+
+
+def column(env: str) -> str:
+    """The eval.csv column holding the group's metric."""
+    return "success_rate" if envs.is_metaworld(env) else "return_mean"
+
+
+def _read(path: Path) -> list[dict[str, float]]:
+    try:
+        return loop.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+
+
+def _throughput(path: Path, done: dict[str, Any] | None) -> float | None:
+    """Seconds per 1000 learning steps: exact from done.json, else from the train.csv rows with losses."""
+    if done and done.get("learn_steps"):
+        return 1000.0 * float(done["learn_seconds"]) / float(done["learn_steps"])
+    train = path / "train.csv"
+    rows = [r for r in _read(train) if "critic_loss" in r and r.get("steps_per_s", 0.0) > 0] if train.exists() else []
+    return float(np.mean([1000.0 / r["steps_per_s"] for r in rows])) if rows else None
+
+
+def load_run(path: Path) -> Run:
+    conf, ev = path / "config.json", path / "eval.csv"
+    if not (path.is_dir() and conf.is_file() and ev.is_file()):
+        raise ReportError(f"{path} is not a run folder (no config.json/eval.csv)")
+    try:
+        ident = json.loads(conf.read_text())["identity"]
+        env, algo, seed, every = str(ident["env"]), str(ident["algo"]), int(ident["seed"]), int(ident["eval_every"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReportError(f"cannot read {conf}: {type(exc).__name__} {exc}") from None
+    # a run being written may end in a torn row: keep only rows with the step and the metric
+    evals = sorted((r for r in _read(ev) if "step" in r and column(env) in r), key=lambda r: r["step"])
+    if not evals:
+        raise ReportError(f"{ev} has no evaluation yet")
+    done_path = path / "done.json"
+    try:
+        done = json.loads(done_path.read_text()) if done_path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {done_path}: {exc}") from None
+    return Run(path, env, algo, seed, every, evals, _throughput(path, done), done is not None)
+
+
+def group(runs: list[Run]) -> dict[Group, list[Run]]:
+    """Runs by (env, algo), envs sorted, algorithms in loop.ALGOS order, seeds ascending."""
+    out: dict[Group, list[Run]] = {}
+    for run in runs:
+        members = out.setdefault((run.env, run.algo), [])
+        twin = next((m for m in members if m.seed == run.seed), None)
+        if twin is not None:
+            raise ReportError(f"{twin.path} and {run.path} are both {run.algo} on {run.env} with seed {run.seed}")
+        members.append(run)
+    keys = sorted(out, key=lambda k: (k[0], ALGO_ORDER.get(k[1], len(ALGO_ORDER)), k[1]))
+    return {k: sorted(out[k], key=lambda r: r.seed) for k in keys}
+
+
+# ---- numbers ---------------------------------------------------------------------------------------
+
+
+def value_at(run: Run, step: int) -> float | None:
+    """The evaluation at ``step``, or at the last row at most eval_every before it; None if not reached."""
+    if run.last_step < step:
+        return None
+    before = [r for r in run.evals if r["step"] <= step]
+    if not before or step - before[-1]["step"] > run.eval_every:  # a gap in the grid: no honest value
+        return None
+    return before[-1][column(run.env)]
+
+
+def curve(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps every seed evaluated at, with the mean and std over seeds there."""
+    common = sorted(set.intersection(*({r["step"] for r in run.evals} for run in runs)))
+    col = column(runs[0].env)
+    values = np.array([[next(r[col] for r in run.evals if r["step"] == s) for s in common] for run in runs])
+    return np.array(common), values.mean(axis=0), values.std(axis=0)
+
+
+def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
+    env, algo = key
+    table: dict[str, dict[str, float]] = {}
+    for step in at:
+        values = [value_at(run, step) for run in runs]
+        if all(v is not None for v in values):
+            arr = np.array(values, dtype=float)
+            table[str(step)] = {"mean": float(arr.mean()), "std": float(arr.std()), "n": len(values)}
+    speeds = [r.seconds_per_1k for r in runs if r.seconds_per_1k is not None]
+    per_1k = float(np.mean(speeds)) if speeds else None
+    return {"env": env, "algo": algo, "label": LABELS.get(algo, algo), "seeds": [r.seed for r in runs],
+            "runs": [str(r.path) for r in runs], "steps_reached": min(r.last_step for r in runs),
+            "metric": metric(env), "at": table, "seconds_per_1k_steps": per_1k,
+            "steps_per_s": 1000.0 / per_1k if per_1k else None, "complete": all(r.done for r in runs),
+            "in_progress": [r.seed for r in runs if not r.done]}
+
+
+# ---- reStructuredText --------------------------------------------------------------------------------
+
+
+def step_label(step: int) -> str:
+    """50000 -> 50k, 1500000 -> 1.5M, 999 -> 999."""
+    for unit, size in (("M", 1_000_000), ("k", 1000)):
+        if step >= size:
+            return f"{step / size:.4g}{unit}"
+    return str(step)
+
+
+def _escape(text: str) -> str:
+    """Backslash the characters reStructuredText would read as markup (substitutions, emphasis, roles)."""
+    return "".join("\\" + c if c in "\\*`|_" else c for c in text)
+
+
+def _cell(row: dict[str, Any], step: int) -> str:
+    point = row["at"].get(str(step))
+    if point is None:
+        return DASH
+    digits = 2 if row["metric"] == "success_rate" else 1
+    return f"{point['mean']:.{digits}f} ± {point['std']:.{digits}f}"
+
+
+def rst_table(rows: list[dict[str, Any]], at: list[int]) -> str:
+    header = ["Environment", "Algorithm", "Metric", "Seeds", "Steps reached"]
+    header += [f"@ {step_label(s)}" for s in at] + ["s / 1k steps"]
+    body = [[_escape(r["env"]), _escape(r["label"]), "Success rate" if r["metric"] == "success_rate" else "Return",
+             str(len(r["seeds"])), f"{r['steps_reached']:,}"] + [_cell(r, s) for s in at]
+            + [DASH if r["seconds_per_1k_steps"] is None else f"{r['seconds_per_1k_steps']:.2f}"] for r in rows]
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for cells in [header, *body]:
+        lines += ["   * - " + cells[0]] + ["     - " + c for c in cells[1:]]
+    for r in rows:
+        if not r["complete"]:
+            busy = r["in_progress"]
+            seeds = ("seed " if len(busy) == 1 else "seeds ") + ", ".join(map(str, busy))
+            lines += ["", f"*Runs still in progress: {_escape(r['label'])} on {_escape(r['env'])}, {seeds} "
+                          f"(of {len(r['seeds'])}); every seed has reached step {r['steps_reached']:,}.*"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- plot ----------------------------------------------------------------------------------------------
+
+
+def plot(groups: dict[Group, list[Run]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    env_names = sorted({env for env, _ in groups})
+    ncols = min(3, len(env_names))
+    nrows = math.ceil(len(env_names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
+    for ax in axes.flat[len(env_names):]:
+        ax.set_visible(False)
+    for ax, env in zip(axes.flat, env_names, strict=False):
+        for (g_env, algo), runs in groups.items():
+            if g_env != env:
+                continue
+            steps, mean, std = curve(runs)
+            n = len(runs)
+            color = COLORS.get(algo)
+            ax.plot(steps, mean, color=color, marker="o" if len(steps) == 1 else None,
+                    label=f"{LABELS.get(algo, algo)} ({n} seed{'s' if n != 1 else ''})")
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.set(title=env, xlabel="environment steps",
+               ylabel="success rate" if envs.is_metaworld(env) else "evaluation return")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: step_label(int(x)) if x >= 0 else f"{x:g}"))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- entry point --------------------------------------------------------------------------------------
+
+
+def main(runs: list[Path], out: Path, at: list[int]) -> list[Path]:
+    """Write curves.png, results.json and results.rst for ``runs`` into ``out``; return the paths written."""
+    groups = group([load_run(p) for p in runs])
+    at = sorted(set(at))
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [summarize(key, members, at) for key, members in groups.items()]
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "results.rst").write_text(rst_table(rows, at))
+    wrote = [out / "results.json", out / "results.rst"]
+    try:
+        plot(groups, out / "curves.png")
+    except ImportError:  # the tables need no matplotlib; say what is missing and keep them
+        print("plot: matplotlib not installed: no curves.png (pip install 'diffrl-ref[rl]')", file=sys.stderr)
+        return wrote
+    return [out / "curves.png", *wrote]

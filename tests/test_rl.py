@@ -1,0 +1,271 @@
+"""Online RL (issue 6): the Diff-SR agent's pieces, smoke runs, exact resume after kill -9, bad input.
+
+Learning quality is a benchmark (docs/rl.rst), not an assertion here; these tests check that the
+agent is assembled from the verified production functions correctly and that runs are resumable.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("stable_baselines3")
+
+from diffrl_ref import cli  # noqa: E402
+from diffrl_ref.fast import diffsr as F  # noqa: E402
+from diffrl_ref.rl import diffsr as agent_mod  # noqa: E402
+from diffrl_ref.rl.diffsr import DiffSRAgent, DiffSRConfig, TanhGaussianActor, level_schedule  # noqa: E402
+
+RL = Path(agent_mod.__file__).parent
+TINY = {"diffsr": ["feature_dim=16", "psi_hidden=16", "nu_hidden=16", "rff_dim=16", "hidden=16", "levels=20",
+                   "learning_starts=200", "batch_size=16"],
+        "sac": ["hidden=16", "learning_starts=200", "batch_size=16"]}
+
+
+def test_rl_uses_the_production_path_not_the_reference() -> None:
+    """The agents are built from diffrl_ref.fast (validated against the reference), never from the oracle."""
+    for path in RL.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not any(part in ("reference", "suite", "adapters") for part in node.module.split(".")), (
+                    f"{path.name} imports {node.module}")
+
+
+def test_level_schedule_alpha_bar_is_one_minus_the_levels() -> None:
+    """beta^k = BetaCDF(k / (K + 1)) must come out as 1 - alpha_bar_k for k = 1..K (no off-by-one)."""
+    from scipy import stats
+
+    K = 50
+    sched = level_schedule(K, 0.3, 0.1)
+    levels = stats.beta.cdf(np.arange(1, K + 1) / (K + 1), 0.3, 0.1)
+    got = sched.one_minus_alpha_bar64[1:].numpy()
+    np.testing.assert_allclose(got, levels, rtol=1e-12)
+    assert np.all(np.diff(got) > 0) and 0 < got[0] and got[-1] < 1
+
+
+def test_tanh_gaussian_log_prob_matches_torch_distributions() -> None:
+    """log pi includes the tanh Jacobian: compare with torch's TransformedDistribution at the sampled actions."""
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(5, 3, 32, -5.0, 2.0).double()
+    s = torch.randn(64, 5, dtype=torch.float64)
+    torch.manual_seed(1)
+    a, log_pi = actor.sample(s)
+    mu, log_std = actor(s)
+    dist = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mu, log_std.exp()), [torch.distributions.TanhTransform()])
+    torch.manual_seed(1)
+    u = mu + log_std.exp() * torch.randn_like(mu)  # the same draw, before the squashing
+    expected = dist.base_dist.log_prob(u).sum(-1) - torch.log1p(-torch.tanh(u) ** 2).sum(-1)
+    torch.testing.assert_close(log_pi, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a, torch.tanh(u))
+
+
+def _agent(seed: int = 0) -> DiffSRAgent:
+    torch.manual_seed(seed)
+    cfg = DiffSRConfig(feature_dim=16, psi_hidden=16, nu_hidden=16, rff_dim=16, hidden=16, levels=20, batch_size=32)
+    ag = DiffSRAgent(4, 2, cfg)
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        ag.observe(rng.normal(size=4), rng.uniform(-1, 1, 2), float(rng.normal()), rng.normal(size=4), False)
+    return ag
+
+
+def _params(m: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def _changed(before: list[torch.Tensor], m: torch.nn.Module) -> bool:
+    return any(not torch.equal(b, p) for b, p in zip(before, m.parameters(), strict=True))
+
+
+def test_each_update_trains_its_own_networks_only() -> None:
+    """The critic step trains the RFF critic (the official code's optimizer lost it) and leaves psi alone;
+    the actor step trains the actor only; the representation step trains psi and nu."""
+    ag = _agent()
+    s, a, r, s_next, done = ag.buffer.sample(32, ag.device)
+    before = {name: _params(m) for name, m in (("psi", ag.psi), ("nu", ag.nu), ("critic", ag.critic),
+                                              ("actor", ag.actor))}
+    ag.critic_step(s, a, r, s_next, done)
+    assert _changed(before["critic"], ag.critic)
+    assert not _changed(before["psi"], ag.psi) and not _changed(before["actor"], ag.actor)
+    before["critic"] = _params(ag.critic)
+    ag.actor_step(s)
+    assert _changed(before["actor"], ag.actor)
+    assert not _changed(before["critic"], ag.critic) and not _changed(before["psi"], ag.psi)
+    assert all(p.requires_grad for p in [*ag.psi.parameters(), *ag.critic.parameters()])  # unfrozen again
+    ag.representation_step(s, a, s_next)
+    assert _changed(before["psi"], ag.psi) and _changed(before["nu"], ag.nu)
+
+
+def test_representation_loss_is_the_clause_objective() -> None:
+    """weighting='none' is Algorithm 1 exactly (fast.diffsr.train_step_energy with the same k and eps);
+    weighting='beta' is the beta-weighted mean of the same per-row clause objective."""
+    ag = _agent()
+    s, a, _, s_next, _ = ag.buffer.sample(32, ag.device)
+    torch.manual_seed(5)
+    weighted = ag.representation_loss(s, a, s_next)
+    torch.manual_seed(5)
+    k = torch.randint(1, ag.sched.K + 1, (32,))
+    eps = torch.randn_like(s_next)
+    s_tilde = torch.sqrt(1 - ag.sched.one_minus_alpha_bar[k])[:, None] * s_next \
+        + torch.sqrt(ag.sched.one_minus_alpha_bar[k])[:, None] * eps
+    beta = ag.sched.one_minus_alpha_bar[k]
+    rows = F.score_objective_energy(ag.psi(s, a), ag.nu, s_tilde, s_next, beta)
+    torch.testing.assert_close(weighted, torch.mean(beta * rows))
+    ag.cfg.weighting = "none"
+    torch.manual_seed(5)
+    plain = ag.representation_loss(s, a, s_next)
+    torch.testing.assert_close(plain, F.train_step_energy(ag.psi, ag.nu, s, a, s_next, eps, ag.sched, k))
+    torch.testing.assert_close(plain, rows.mean())
+
+
+def test_critic_target_follows_polyak_every_target_every_updates() -> None:
+    ag = _agent()
+    ag.cfg.target_every = 2
+    target0 = _params(ag.critic_target)
+    ag.update()
+    assert not _changed(target0, ag.critic_target)
+    online = _params(ag.critic)
+    ag.update()
+    online_after = _params(ag.critic)
+    # target <- target + tau (online - target), with the online weights after the second update
+    for t0, p, t1 in zip(target0, online_after, ag.critic_target.parameters(), strict=True):
+        torch.testing.assert_close(t1, t0 + ag.cfg.tau * (p - t0))
+    assert any(not torch.equal(a, b) for a, b in zip(online, online_after, strict=True))
+
+
+# ---- runs through the CLI -----------------------------------------------------------------------
+
+
+def _args(algo: str, env: str, out: Path, steps: int, *extra: str, every: int = 150) -> list[str]:
+    hp = [x for h in TINY[algo] for x in ("--hp", h)]
+    return ["train", algo, "--env", env, "--steps", str(steps), "--seed", "3", "--out", str(out),
+            "--eval-every", str(every), "--eval-episodes", "2", "--checkpoint-every", str(every),
+            "--log-every", "50", "--threads", "1", "--no-progress", *hp, *extra]
+
+
+def _rows(path: Path, drop: tuple[str, ...] = ("train_seconds", "steps_per_s")) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    for name in ("eval.csv", "episodes.csv", "train.csv"):
+        ra, rb = _rows(a / name), _rows(b / name)
+        assert ra == rb, f"{name} differs"
+        steps = [int(r["step"]) for r in rb]
+        assert steps == sorted(set(steps)), f"{name}: a step is repeated or out of order"
+
+
+@pytest.mark.parametrize("algo,env,steps", [("diffsr", "HalfCheetah-v5", 1000), ("sac", "HalfCheetah-v5", 1000),
+                                            ("diffsr", "reach-v3", 500), ("sac", "reach-v3", 500)])
+def test_smoke_run_writes_logs_and_checkpoint(algo: str, env: str, steps: int, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A few hundred learning steps on a real MuJoCo and a MetaWorld task (one full episode each)."""
+    args = _args(algo, env, tmp_path, steps, every=steps // 2)
+    assert cli.main(args) == 0
+    assert f"done: {steps} steps" in capsys.readouterr().out
+    for name in ("config.json", "checkpoint.pt", "eval.csv", "train.csv", "episodes.csv", "done.json"):
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    ev = _rows(tmp_path / "eval.csv")
+    assert [int(r["step"]) for r in ev] == [0, steps // 2, steps]
+    assert all(math.isfinite(float(r["return_mean"])) for r in ev)
+    tr = _rows(tmp_path / "train.csv")
+    assert math.isfinite(float(tr[-1]["critic_loss"]))  # learning started at 200
+    assert cli.main(args) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+def _wait_for_checkpoint(out: Path, step: int, proc: subprocess.Popen[bytes], timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "checkpoint.pt").exists():
+            ck = torch.load(out / "checkpoint.pt", weights_only=False)
+            if ck["state"]["t"] >= step:
+                return
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.1)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.mark.parametrize("algo", ["diffsr", "sac"])
+def test_kill_9_and_resume_reproduce_the_uninterrupted_run(algo: str, tmp_path: Path) -> None:
+    """Same seed on CPU: straight run == killed-then-resumed run == a run extended from fewer steps."""
+    env, steps = "InvertedPendulum-v5", 1200
+    straight, killed, extended = tmp_path / "straight", tmp_path / "killed", tmp_path / "extended"
+    assert cli.main(_args(algo, env, straight, steps)) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *_args(algo, env, killed, steps)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_checkpoint(killed, 450, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "done.json").exists()
+    assert cli.main(_args(algo, env, killed, steps)) == 0
+    _same_run(straight, killed)
+    assert cli.main(_args(algo, env, extended, 500)) == 0
+    assert cli.main(_args(algo, env, extended, steps)) == 0
+    _same_run(straight, extended)
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]
+    b = torch.load(killed / "checkpoint.pt", weights_only=False)["agent"]
+    key = "actor" if algo == "diffsr" else "policy"
+    for name, tensor in a[key].items():
+        assert torch.equal(tensor, b[key][name]), name
+
+
+# ---- bad input: one line, exit status 2 ------------------------------------------------------------
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], needle: str) -> None:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert needle in err, err
+
+
+@pytest.mark.parametrize("argv_tail,needle", [
+    (["--env", "NoSuchEnv-v9"], "unknown environment 'NoSuchEnv-v9'"),
+    (["--env", "reach-v9"], "unknown environment"),
+    (["--env", "fly-v3"], "unknown MetaWorld task 'fly-v3'"),
+    (["--env", "Hopper-v5", "--steps", "-5"], "--steps"),
+    (["--env", "Hopper-v5", "--steps", "ten"], "--steps"),
+    (["--env", "Hopper-v5", "--seed", "1.5"], "--seed"),
+    (["--env", "Hopper-v5", "--hp", "no_such=1"], "unknown diffsr hyperparameter 'no_such'"),
+    (["--env", "Hopper-v5", "--hp", "batch_size=big"], "batch_size must be an integer"),
+    (["--env", "Hopper-v5", "--hp", "tau"], "--hp expects NAME=VALUE"),
+])
+def test_bad_arguments_give_one_line(argv_tail: list[str], needle: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "diffsr", "--steps", "100", "--out", str(tmp_path / "run"), *argv_tail]
+    _one_line_error(argv, capsys, needle)
+
+
+def test_unreadable_checkpoint_and_foreign_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert cli.main(_args("sac", "InvertedPendulum-v5", out, 250)) == 0
+    capsys.readouterr()
+    _one_line_error(_args("sac", "Hopper-v5", out, 250), capsys, "holds another run")
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (out / "done.json").unlink()
+    _one_line_error(_args("sac", "InvertedPendulum-v5", out, 300), capsys, "cannot read checkpoint")
+    # nothing was overwritten by the failed attempt
+    assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"

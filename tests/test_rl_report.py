@@ -1,0 +1,165 @@
+"""``diffrl plot``: learning curves and results table of run folders, on fake runs with known numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from diffrl_ref import cli
+from diffrl_ref.rl import loop, report
+
+pytest.importorskip("matplotlib")
+
+# Returns per seed at steps 0, 5000, ..., 20000; seed 2 is in progress and has reached 10000 only.
+RETURNS = {0: [0.0, 100.0, 250.0, 400.0, 520.0], 1: [1.0, 90.0, 310.0, 380.0, 600.0], 2: [-2.0, 120.0, 200.0]}
+SUCCESS = {0: [0.0, 0.2, 0.5], 1: [0.0, 0.4, 0.9]}
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def fake_run(root: Path, algo: str, env: str, seed: int, values: list[float], *, done: bool,
+             steps_per_s: list[float] | None = None, learn: tuple[int, float] = (10_000, 25.0)) -> Path:
+    """A run folder as loop.train writes it, evaluated every 5000 steps with ``values`` as the metric."""
+    path = root / f"{env}-{algo}-{seed}"
+    path.mkdir(parents=True)
+    ident = {"format": 1, "algo": algo, "env": env, "seed": seed, "eval_every": 5000, "eval_episodes": 2, "hp": {}}
+    (path / "config.json").write_text(json.dumps({"identity": ident, "resolved": {}, "torch": "x"}))
+    metaworld = env.endswith("-v3")
+    write_csv(path / "eval.csv", loop.EVAL_COLUMNS, [
+        {"step": 5000 * i, "return_mean": 10 * v if metaworld else v, "return_std": 1.0, "length_mean": 100,
+         "success_rate": v if metaworld else 0.0, "train_seconds": 2.0 * i} for i, v in enumerate(values)])
+    # learning starts at step 2000: rows before it have empty loss cells and must not count for throughput
+    speeds = steps_per_s or [500.0, 400.0]
+    write_csv(path / "train.csv", loop.TRAIN_COLUMNS, [{"step": 1000, "steps_per_s": 9000.0}] + [
+        {"step": 1000 * (i + 2), "steps_per_s": s, "critic_loss": 1.0, "actor_loss": 0.5, "alpha": 0.1}
+        for i, s in enumerate(speeds)])
+    if done:
+        steps, seconds = learn
+        (path / "done.json").write_text(json.dumps({
+            "steps": 5000 * (len(values) - 1), "episodes": 3, "train_seconds": seconds + 1.0, "learn_steps": steps,
+            "learn_seconds": seconds, "seconds_per_1k_learning_steps": 1000 * seconds / steps, "last_eval": {}}))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "runs"
+    return [fake_run(root, "diffsr", "Hopper-v5", 0, RETURNS[0], done=True, learn=(18_000, 36.0)),
+            fake_run(root, "diffsr", "Hopper-v5", 1, RETURNS[1], done=True, learn=(18_000, 45.0)),
+            fake_run(root, "diffsr", "Hopper-v5", 2, RETURNS[2], done=False, steps_per_s=[500.0, 250.0]),
+            fake_run(root, "sac", "Hopper-v5", 0, RETURNS[0][::-1], done=True),
+            fake_run(root, "sac", "reach-v3", 0, SUCCESS[0], done=True),
+            fake_run(root, "sac", "reach-v3", 1, SUCCESS[1], done=False)]
+
+
+def rows_by_group(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["env"], r["algo"]): r for r in json.loads((out / "results.json").read_text())}
+
+
+def test_results_json(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    wrote = report.main(runs, out, [5000, 7000, 10_000, 12_000, 20_000])
+    assert wrote == [out / "curves.png", out / "results.json", out / "results.rst"]
+    assert (out / "curves.png").stat().st_size > 1000
+    rows = rows_by_group(out)
+    assert list(rows) == [("Hopper-v5", "diffsr"), ("Hopper-v5", "sac"), ("reach-v3", "sac")]
+    d = rows[("Hopper-v5", "diffsr")]
+    assert d["seeds"] == [0, 1, 2] and d["metric"] == "return" and d["steps_reached"] == 10_000
+    assert not d["complete"] and d["in_progress"] == [2] and d["label"] == "Diff-SR (ours)"
+    for step, i in ((5000, 1), (7000, 1), (10_000, 2)):  # 7000 is off the grid: the row at 5000
+        vals = np.array([RETURNS[s][i] for s in (0, 1, 2)])
+        assert d["at"][str(step)] == {"mean": pytest.approx(vals.mean()), "std": pytest.approx(vals.std()), "n": 3}
+    assert "12000" not in d["at"] and "20000" not in d["at"]  # seed 2 has not reached them
+    # throughput: done.json for seeds 0 and 1, the learning rows of train.csv for seed 2
+    per_1k = (1000 * 36 / 18_000 + 1000 * 45 / 18_000 + (1000 / 500 + 1000 / 250) / 2) / 3
+    assert d["seconds_per_1k_steps"] == pytest.approx(per_1k)
+    assert d["steps_per_s"] == pytest.approx(1000 / per_1k)
+    s = rows[("Hopper-v5", "sac")]
+    assert s["complete"] and s["at"]["20000"] == {"mean": 0.0, "std": 0.0, "n": 1}
+
+
+def test_metaworld_uses_success_rate(runs: list[Path], tmp_path: Path) -> None:
+    report.main(runs, tmp_path / "out", [5000, 10_000, 15_000])
+    r = rows_by_group(tmp_path / "out")[("reach-v3", "sac")]
+    assert r["metric"] == "success_rate" and r["steps_reached"] == 10_000
+    vals = np.array([SUCCESS[0][2], SUCCESS[1][2]])
+    assert r["at"]["10000"] == {"mean": pytest.approx(vals.mean()), "std": pytest.approx(vals.std()), "n": 2}
+    assert "15000" not in r["at"]
+
+
+def test_value_needs_a_nearby_row(tmp_path: Path) -> None:
+    """A run with a gap in its evaluation grid gives no value inside the gap."""
+    path = fake_run(tmp_path, "sac", "Hopper-v5", 0, [0.0, 1.0, 2.0, 3.0, 4.0], done=True)
+    rows = loop.read_csv(path / "eval.csv")
+    write_csv(path / "eval.csv", loop.EVAL_COLUMNS, [r for r in rows if r["step"] in (0, 5000, 20_000)])
+    run = report.load_run(path)
+    assert report.value_at(run, 10_000) == 1.0 and report.value_at(run, 11_000) is None
+    assert report.value_at(run, 20_000) == 4.0 and report.value_at(run, 25_000) is None
+
+
+def test_rst_table(runs: list[Path], tmp_path: Path) -> None:
+    at = [5000, 10_000, 20_000]
+    report.main(runs, tmp_path / "out", at)
+    text = (tmp_path / "out" / "results.rst").read_text()
+    assert text.startswith(".. list-table::\n   :header-rows: 1\n")
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("   * - "):
+            rows.append([line[7:]])
+        elif line.startswith("     - "):
+            rows[-1].append(line[7:])
+    assert len(rows) == 4 and all(len(r) == 5 + len(at) + 1 for r in rows)
+    assert rows[0][5:] == ["@ 5k", "@ 10k", "@ 20k", "s / 1k steps"]
+    hopper = rows[1]
+    vals = np.array([RETURNS[s][1] for s in (0, 1, 2)])
+    assert hopper[:5] == ["Hopper-v5", "Diff-SR (ours)", "Return", "3", "10,000"]
+    assert hopper[5] == f"{vals.mean():.1f} ± {vals.std():.1f}" and hopper[7] == "—"
+    assert rows[3][2] == "Success rate" and rows[3][5] == "0.30 ± 0.10"
+    notes = [line for line in text.splitlines() if line.startswith("*Runs still in progress")]
+    assert len(notes) == 2 and "Hopper-v5, seed 2 (of 3)" in notes[0] and "reach-v3, seed 1 (of 2)" in notes[1]
+    assert "|" not in text
+
+
+def test_rst_is_valid(runs: list[Path], tmp_path: Path) -> None:
+    """docutils parses the table without a warning (what sphinx -W would turn into an error)."""
+    core = pytest.importorskip("docutils.core")
+    report.main(runs, tmp_path / "out", [5000, 100_000])
+    text = (tmp_path / "out" / "results.rst").read_text()
+    doc = core.publish_doctree(text, settings_overrides={"report_level": 2, "halt_level": 2})
+    assert not [n for n in doc.findall() if n.tagname == "system_message"]
+
+
+def test_not_a_run_folder(runs: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "empty"
+    bad.mkdir()
+    with pytest.raises(report.ReportError, match="empty is not a run folder"):
+        report.main([runs[0], bad], tmp_path / "out", [5000])
+    (runs[1] / "eval.csv").unlink()
+    with pytest.raises(report.ReportError, match=f"{runs[1]} is not a run folder"):
+        report.main(runs, tmp_path / "out", [5000])
+
+
+def test_duplicate_seed(runs: list[Path], tmp_path: Path) -> None:
+    twin = fake_run(tmp_path / "again", "diffsr", "Hopper-v5", 0, RETURNS[0], done=True)
+    with pytest.raises(report.ReportError, match="seed 0"):
+        report.main([runs[0], twin], tmp_path / "out", [5000])
+
+
+def test_cli_plot(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli-out"
+    assert cli.main(["plot", *map(str, runs), "--out", str(out), "--at", "5000", "10000"]) == 0
+    assert "plot: wrote" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"curves.png", "results.json", "results.rst"}
+    assert cli.main(["plot", str(runs[0]), str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path} is not a run folder" in err
