@@ -44,6 +44,7 @@ class DiffSRConfig:
     psi_hidden: int = 256
     nu_hidden: int = 512
     rff_dim: int = 256
+    rff_bandwidth: float = 16.0
     hidden: int = 256
     levels: int = 1000
     level_a: float = 0.3
@@ -70,6 +71,10 @@ HYPERPARAMETERS: dict[str, str] = {
     "nu_hidden": "official code (its nabla-mu network: one hidden layer of 512); SiLU here, because the score is "
                  "grad nu and a ReLU network's gradient is piecewise constant in s~'",
     "rff_dim": "official code (RFFCritic l1: hidden_dim=256 features, sin of a linear map)",
+    "rff_bandwidth": "ours: kernel bandwidth h (omega ~ N(0, I / h^2)), sqrt(feature_dim), the scale of the "
+                     "official critic's nn.Linear initialisation; the paper's unit bandwidth gave omega^T psi a "
+                     "spread of 19 rad on HalfCheetah (norm of psi about 20) and a critic that did not learn "
+                     "(docs/rl.rst)",
     "hidden": "official code (critic and actor hidden_dim=256)",
     "levels": "official code (num_noises=1000)",
     "level_a": "official code (beta^k = Beta(0.3, 0.1) CDF on a uniform grid: DARL_noise_a)",
@@ -138,15 +143,17 @@ class Nu(nn.Module):
 
 
 class RFFCritic(nn.Module):
-    """n critics Q_i(psi) = w_i^T elu(W_i fourier(psi; omega_i, b_i) + c_i) + d_i; omega_i ~ N(0, I), b_i ~ U[0, 2 pi).
+    """n critics Q_i(psi) = w_i^T elu(W_i fourier(psi; omega_i, b_i) + c_i) + d_i.
 
-    The frequencies start as random Fourier features and are trained, as the official critic's
-    first layer (sin of a trainable linear map).
+    omega_i ~ N(0, I / h^2) and b_i ~ U[0, 2 pi) at initialisation.
+
+    Random Fourier features of the Gaussian kernel of bandwidth h; the frequencies are then trained,
+    as the official critic's first layer (sin of a trainable linear map).
     """
 
-    def __init__(self, m: int, D: int, hidden: int, n: int = 2) -> None:
+    def __init__(self, m: int, D: int, hidden: int, n: int = 2, bandwidth: float = 1.0) -> None:
         super().__init__()
-        self.omegas = nn.Parameter(torch.randn(n, D, m))
+        self.omegas = nn.Parameter(torch.randn(n, D, m) / bandwidth)
         self.phases = nn.Parameter(2 * math.pi * torch.rand(n, D))
         self.heads = nn.ModuleList([mlp([D, hidden, 1], nn.ELU) for _ in range(n)])
 
@@ -244,8 +251,8 @@ class DiffSRAgent:
         self.sched = level_schedule(cfg.levels, cfg.level_a, cfg.level_b, dev)
         self.psi = Psi(ds, da, cfg.psi_hidden, cfg.feature_dim).to(dev)
         self.nu = Nu(ds, cfg.nu_hidden, cfg.feature_dim).to(dev)
-        self.critic = RFFCritic(cfg.feature_dim, cfg.rff_dim, cfg.hidden).to(dev)
-        self.critic_target = RFFCritic(cfg.feature_dim, cfg.rff_dim, cfg.hidden).to(dev)
+        self.critic = RFFCritic(cfg.feature_dim, cfg.rff_dim, cfg.hidden, bandwidth=cfg.rff_bandwidth).to(dev)
+        self.critic_target = RFFCritic(cfg.feature_dim, cfg.rff_dim, cfg.hidden, bandwidth=cfg.rff_bandwidth).to(dev)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.actor = TanhGaussianActor(ds, da, cfg.hidden, cfg.log_std_min, cfg.log_std_max).to(dev)
