@@ -271,6 +271,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                              hp={k: getattr(resolved, k) for k in sorted(hp)}, device=args.device)
         summary = loop.train(cfg, Path(args.out), progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"train: interrupted; the same command resumes {args.out} from its last checkpoint", file=sys.stderr)
+        return 130
     except (loop.RunError, envs.EnvError) as exc:
         raise CliError(str(exc)) from None
     except ImportError as exc:

@@ -269,3 +269,19 @@ def test_unreadable_checkpoint_and_foreign_folder(tmp_path: Path, capsys: pytest
     _one_line_error(_args("sac", "InvertedPendulum-v5", out, 300), capsys, "cannot read checkpoint")
     # nothing was overwritten by the failed attempt
     assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+    """SIGINT: exit status 130, one line naming the folder, and the checkpoint left for the resume."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *_args("sac", "InvertedPendulum-v5", out, 100_000)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_checkpoint(out, 150, proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "resumes" in lines[0] and str(out) in lines[0], lines
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["t"] >= 150
