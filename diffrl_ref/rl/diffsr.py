@@ -278,7 +278,8 @@ class DiffSRAgent:
     def observe(self, s: np.ndarray, a: np.ndarray, r: float, s_next: np.ndarray, terminated: bool) -> None:
         self.buffer.add(s, a, r, s_next, terminated)
 
-    def update(self) -> dict[str, float]:
+    def update(self) -> dict[str, Tensor]:
+        """One learning step; the returned scalars stay on the device (no host sync per step)."""
         cfg = self.cfg
         for _ in range(cfg.feature_steps):
             s, a, _, s_next, _ = self.buffer.sample(cfg.batch_size, self.device)
@@ -305,14 +306,14 @@ class DiffSRAgent:
         per_row = F.score_objective_energy(self.psi(s, a), self.nu, s_tilde, s_next, beta)
         return torch.mean(beta * per_row)
 
-    def representation_step(self, s: Tensor, a: Tensor, s_next: Tensor) -> float:
+    def representation_step(self, s: Tensor, a: Tensor, s_next: Tensor) -> Tensor:
         loss = self.representation_loss(s, a, s_next)
         self.rep_opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.rep_opt.step()
-        return float(loss.detach())
+        return loss.detach()
 
-    def critic_step(self, s: Tensor, a: Tensor, r: Tensor, s_next: Tensor, done: Tensor) -> dict[str, float]:
+    def critic_step(self, s: Tensor, a: Tensor, r: Tensor, s_next: Tensor, done: Tensor) -> dict[str, Tensor]:
         alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             a_next, log_pi_next = self.actor.sample(s_next)
@@ -323,9 +324,9 @@ class DiffSRAgent:
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.critic_opt.step()
-        return {"critic_loss": float(loss.detach()), "q": float(q.detach().mean())}
+        return {"critic_loss": loss.detach(), "q": q.detach().mean()}
 
-    def actor_step(self, s: Tensor) -> dict[str, float]:
+    def actor_step(self, s: Tensor) -> dict[str, Tensor]:
         a, log_pi = self.actor.sample(s)
         with torch.no_grad():
             alpha = self.log_alpha.exp()
@@ -341,7 +342,7 @@ class DiffSRAgent:
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()  # type: ignore[no-untyped-call]
         self.alpha_opt.step()
-        return {"actor_loss": float(loss.detach()), "alpha": float(alpha), "entropy": float(-log_pi.detach().mean())}
+        return {"actor_loss": loss.detach(), "alpha": alpha, "entropy": -log_pi.detach().mean()}
 
     # ---- checkpoint ---------------------------------------------------------------------------
 

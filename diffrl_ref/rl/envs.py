@@ -85,21 +85,22 @@ def reset(env: Any, seed: int) -> np.ndarray:
 
 
 def step(env: Any, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    """Step with an action in [-1, 1]^da (the agents' and buffers' scale), mapped affinely onto the env's box."""
+    low, high = env.action_space.low, env.action_space.high
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        obs, r, term, trunc, info = env.step(action)
+        obs, r, term, trunc, info = env.step(low + 0.5 * (action + 1.0) * (high - low))
     return np.asarray(obs, dtype=np.float32), float(r), bool(term), bool(trunc), info
 
 
 def evaluate(policy: Any, env: Any, seed: int, episodes: int) -> dict[str, float]:
     """Deterministic-policy episodes from fixed seeds (the same at every evaluation): return, length, success."""
-    low, high = env.action_space.low, env.action_space.high
     returns, lengths, successes = [], [], []
     for i in range(episodes):
         obs, done, ret, n, success = reset(env, episode_seed(seed, i, True)), False, 0.0, 0, False
         while not done:
             a = policy(obs)
-            obs, r, term, trunc, info = step(env, low + 0.5 * (a + 1.0) * (high - low))
+            obs, r, term, trunc, info = step(env, a)
             ret, n, done = ret + r, n + 1, term or trunc
             success = success or bool(info.get("success", 0.0))
         returns.append(ret)

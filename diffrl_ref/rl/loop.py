@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,7 +51,7 @@ class Agent(Protocol):
 
     def act(self, s: np.ndarray, deterministic: bool) -> np.ndarray: ...
     def observe(self, s: np.ndarray, a: np.ndarray, r: float, s_next: np.ndarray, terminated: bool) -> None: ...
-    def update(self) -> dict[str, float]: ...
+    def update(self) -> Mapping[str, torch.Tensor | float]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, st: dict[str, Any]) -> None: ...
 
@@ -217,7 +218,6 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     env = envs.make(cfg.env, cfg.seed)
     eval_env = envs.make(cfg.env, cfg.seed, evaluation=True)
     agent = make_agent(cfg.algo, agent_cfg, env, cfg.seed, cfg.device)
-    low, high = env.action_space.low, env.action_space.high
     da = env.action_space.shape[0]
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, 7])))
     st = State(next_checkpoint=cfg.checkpoint_every)
@@ -269,7 +269,7 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
                desc=f"{cfg.algo} {cfg.env} seed {cfg.seed}")
     obs: np.ndarray | None = None
     ret, length, success = 0.0, 0, False
-    info: dict[str, float] = {}
+    info: Mapping[str, torch.Tensor | float] = {}
     window_t, window_start = st.t, time.perf_counter()
     try:
         while st.t < cfg.steps:
@@ -279,7 +279,7 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
                 ret, length, success = 0.0, 0, False
             learning = st.t >= learning_starts
             a = agent.act(obs, deterministic=False) if learning else rng.uniform(-1.0, 1.0, da).astype(np.float32)
-            obs_next, r, term, trunc, env_info = envs.step(env, low + 0.5 * (a + 1.0) * (high - low))
+            obs_next, r, term, trunc, env_info = envs.step(env, a)
             agent.observe(obs, a, r, obs_next, term)
             if learning:
                 info = agent.update()
@@ -297,10 +297,11 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
                 now = time.perf_counter()
                 sps = (st.t - window_t) / max(now - window_start, 1e-9)
                 window_t, window_start = st.t, now
-                train_log.add({"step": st.t, "steps_per_s": sps, **info})
+                losses = {k: float(v) for k, v in info.items()}  # the only host sync of the losses
+                train_log.add({"step": st.t, "steps_per_s": sps, **losses})
                 tb.add_scalar("train/steps_per_s", sps, st.t)
-                for k, v in info.items():
-                    tb.add_scalar(f"train/{k}", v, st.t)
+                for k, x in losses.items():
+                    tb.add_scalar(f"train/{k}", x, st.t)
             if st.t % cfg.eval_every == 0:
                 last = evaluate()
                 bar.set_postfix(ret=f"{last['return_mean']:.1f}", succ=f"{last['success_rate']:.2f}")
