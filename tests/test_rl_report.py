@@ -125,6 +125,8 @@ def test_rst_table(runs: list[Path], tmp_path: Path) -> None:
     assert hopper[:5] == ["Hopper-v5", "Diff-SR (ours)", "Return", "3", "10,000"]
     assert hopper[5] == f"{vals.mean():.1f} ± {vals.std():.1f}" and hopper[7] == "—"
     assert rows[3][2] == "Success rate" and rows[3][5] == "0.30 ± 0.10"
+    # one seed: the value alone, no "± 0.0" that would read as a measured spread
+    assert rows[2][3] == "1" and rows[2][5] == f"{RETURNS[0][::-1][1]:.1f}"
     notes = [line for line in text.splitlines() if line.startswith("*Runs still in progress")]
     assert len(notes) == 2 and "Hopper-v5, seed 2 (of 3)" in notes[0] and "reach-v3, seed 1 (of 2)" in notes[1]
     assert "|" not in text

@@ -17,7 +17,8 @@ files are written to the output folder:
 ``results.rst``
     The same as a reStructuredText list table, followed by a note per group whose runs are in progress.
 
-Standard deviations are numpy's default (population, ``ddof=0``): 0 for a single seed, never NaN.
+Standard deviations are numpy's default (population, ``ddof=0``): 0 for a single seed in the JSON, never
+NaN; the table prints a single seed's value without a spread.
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ def _cell(row: dict[str, Any], step: int) -> str:
     if point is None:
         return DASH
     digits = 2 if row["metric"] == "success_rate" else 1
+    if point["n"] == 1:  # one seed has no spread: "± 0.0" would read as a measured zero
+        return f"{point['mean']:.{digits}f}"
     return f"{point['mean']:.{digits}f} ± {point['std']:.{digits}f}"
 
 
