@@ -271,6 +271,24 @@ def test_unreadable_checkpoint_and_foreign_folder(tmp_path: Path, capsys: pytest
     assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"
 
 
+def test_first_ctrl_c_is_deferred_to_a_step_boundary_second_is_immediate() -> None:
+    """The loop's SIGINT handler only records the first interrupt; the second raises; the old handler returns."""
+    from diffrl_ref.rl.loop import DeferredInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with DeferredInterrupt() as interrupt:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs at the next bytecode boundary
+        except KeyboardInterrupt:
+            pytest.fail("the first SIGINT raised where the loop could be inside library code")
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # interrupted well before this ends
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     """SIGINT: exit status 130, one line naming the folder, and the checkpoint left for the resume."""
     out = tmp_path / "run"

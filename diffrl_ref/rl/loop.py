@@ -20,11 +20,14 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol
 
 import numpy as np
@@ -200,6 +203,33 @@ def prepare(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
     return ck
 
 
+class DeferredInterrupt:
+    """Inside the block, Ctrl-C (SIGINT) only sets ``requested``, which the loop reads between steps.
+
+    A KeyboardInterrupt raised inside library code can leave a lock held: seen once in CI, a run sent
+    SIGINT that had not exited 60 s later (TensorBoard's writer queue takes locks on every scalar). A
+    second Ctrl-C interrupts at once. Outside the main thread signals cannot be caught; nothing changes.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) ``cfg`` in ``out`` until ``cfg.steps`` environment steps; returns the summary."""
     from tqdm import tqdm
@@ -236,91 +266,94 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
         np.random.set_state(ck["rng"]["numpy"])  # noqa: NPY002 - see np.random.seed above
         torch.set_rng_state(ck["rng"]["torch"])
         done_path.unlink(missing_ok=True)
-    keep = None if ck is None else st.t
-    eval_log = CsvLog(out / "eval.csv", EVAL_COLUMNS, keep)
-    train_log = CsvLog(out / "train.csv", TRAIN_COLUMNS, keep)
-    ep_log = CsvLog(out / "episodes.csv", EPISODE_COLUMNS, keep)
-    from torch.utils.tensorboard import SummaryWriter
+    with DeferredInterrupt() as interrupt:
+        keep = None if ck is None else st.t
+        eval_log = CsvLog(out / "eval.csv", EVAL_COLUMNS, keep)
+        train_log = CsvLog(out / "train.csv", TRAIN_COLUMNS, keep)
+        ep_log = CsvLog(out / "episodes.csv", EPISODE_COLUMNS, keep)
+        from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(out / "tb"), purge_step=None if ck is None else st.t + 1)
-    learning_starts = int(agent_cfg.learning_starts)
+        tb = SummaryWriter(str(out / "tb"), purge_step=None if ck is None else st.t + 1)
+        learning_starts = int(agent_cfg.learning_starts)
 
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return agent.act(obs, deterministic=True)
+        def policy(obs: np.ndarray) -> np.ndarray:
+            return agent.act(obs, deterministic=True)
 
-    def evaluate() -> dict[str, float]:
-        res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes)
-        eval_log.add({"step": st.t, **res, "train_seconds": st.train_seconds})
-        for k, v in res.items():
-            tb.add_scalar(f"eval/{k}", v, st.t)
-        return res
+        def evaluate() -> dict[str, float]:
+            res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes)
+            eval_log.add({"step": st.t, **res, "train_seconds": st.train_seconds})
+            for k, v in res.items():
+                tb.add_scalar(f"eval/{k}", v, st.t)
+            return res
 
-    def checkpoint() -> None:
-        payload = {"format": FORMAT, "identity": cfg.identity(), "state": dataclasses.asdict(st),
-                   "agent": agent.state_dict(),
-                   "rng": {"loop": rng.bit_generator.state, "numpy": np.random.get_state(),  # noqa: NPY002
-                           "torch": torch.get_rng_state()}}
-        tb.flush()
-        atomic_write(out / "checkpoint.pt", lambda p: torch.save(payload, p))
+        def checkpoint() -> None:
+            payload = {"format": FORMAT, "identity": cfg.identity(), "state": dataclasses.asdict(st),
+                       "agent": agent.state_dict(),
+                       "rng": {"loop": rng.bit_generator.state, "numpy": np.random.get_state(),  # noqa: NPY002
+                               "torch": torch.get_rng_state()}}
+            tb.flush()
+            atomic_write(out / "checkpoint.pt", lambda p: torch.save(payload, p))
 
-    last = evaluate() if st.t == 0 else {}
-    bar = tqdm(total=cfg.steps, initial=st.t, unit="step", disable=not progress, dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30.0,
-               desc=f"{cfg.algo} {cfg.env} seed {cfg.seed}")
-    obs: np.ndarray | None = None
-    ret, length, success = 0.0, 0, False
-    info: Mapping[str, torch.Tensor | float] = {}
-    window_t, window_start = st.t, time.perf_counter()
-    try:
-        while st.t < cfg.steps:
-            tick = time.perf_counter()
-            if obs is None:
-                obs = envs.reset(env, envs.episode_seed(cfg.seed, st.episode))
-                ret, length, success = 0.0, 0, False
-            learning = st.t >= learning_starts
-            a = agent.act(obs, deterministic=False) if learning else rng.uniform(-1.0, 1.0, da).astype(np.float32)
-            obs_next, r, term, trunc, env_info = envs.step(env, a)
-            agent.observe(obs, a, r, obs_next, term)
-            if learning:
-                info = agent.update()
-            st.t += 1
-            ret, length = ret + r, length + 1
-            success = success or bool(env_info.get("success", 0.0))
-            obs = obs_next
-            elapsed = time.perf_counter() - tick
-            st.train_seconds += elapsed
-            if learning:
-                st.learn_seconds += elapsed
-                st.learn_steps += 1
-            bar.update(1)
-            if st.t % cfg.log_every == 0:
-                now = time.perf_counter()
-                sps = (st.t - window_t) / max(now - window_start, 1e-9)
-                window_t, window_start = st.t, now
-                losses = {k: float(v) for k, v in info.items()}  # the only host sync of the losses
-                train_log.add({"step": st.t, "steps_per_s": sps, **losses})
-                tb.add_scalar("train/steps_per_s", sps, st.t)
-                for k, x in losses.items():
-                    tb.add_scalar(f"train/{k}", x, st.t)
-            if st.t % cfg.eval_every == 0:
-                last = evaluate()
-                bar.set_postfix(ret=f"{last['return_mean']:.1f}", succ=f"{last['success_rate']:.2f}")
-                window_start = time.perf_counter()  # evaluation is not training throughput
-            if term or trunc:
-                ep_log.add({"step": st.t, "episode": st.episode, "return": ret, "length": length,
-                            "success": int(success)})
-                tb.add_scalar("train/episode_return", ret, st.t)
-                st.episode += 1
-                obs = None
-                if st.t >= st.next_checkpoint or st.t == cfg.steps:
-                    while st.next_checkpoint <= st.t:
-                        st.next_checkpoint += cfg.checkpoint_every
-                    checkpoint()
-    finally:
-        bar.close()
-        tb.close()
-        for log in (eval_log, train_log, ep_log):
-            log.close()
+        bar = tqdm(total=cfg.steps, initial=st.t, unit="step", disable=not progress, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0,
+                   desc=f"{cfg.algo} {cfg.env} seed {cfg.seed}")
+        obs: np.ndarray | None = None
+        ret, length, success = 0.0, 0, False
+        info: Mapping[str, torch.Tensor | float] = {}
+        window_t, window_start = st.t, time.perf_counter()
+        try:
+            last = evaluate() if st.t == 0 else {}
+            while st.t < cfg.steps:
+                if interrupt.requested:  # here, between steps, no library holds a lock or a half-written file
+                    raise KeyboardInterrupt
+                tick = time.perf_counter()
+                if obs is None:
+                    obs = envs.reset(env, envs.episode_seed(cfg.seed, st.episode))
+                    ret, length, success = 0.0, 0, False
+                learning = st.t >= learning_starts
+                a = agent.act(obs, deterministic=False) if learning else rng.uniform(-1.0, 1.0, da).astype(np.float32)
+                obs_next, r, term, trunc, env_info = envs.step(env, a)
+                agent.observe(obs, a, r, obs_next, term)
+                if learning:
+                    info = agent.update()
+                st.t += 1
+                ret, length = ret + r, length + 1
+                success = success or bool(env_info.get("success", 0.0))
+                obs = obs_next
+                elapsed = time.perf_counter() - tick
+                st.train_seconds += elapsed
+                if learning:
+                    st.learn_seconds += elapsed
+                    st.learn_steps += 1
+                bar.update(1)
+                if st.t % cfg.log_every == 0:
+                    now = time.perf_counter()
+                    sps = (st.t - window_t) / max(now - window_start, 1e-9)
+                    window_t, window_start = st.t, now
+                    losses = {k: float(v) for k, v in info.items()}  # the only host sync of the losses
+                    train_log.add({"step": st.t, "steps_per_s": sps, **losses})
+                    tb.add_scalar("train/steps_per_s", sps, st.t)
+                    for k, x in losses.items():
+                        tb.add_scalar(f"train/{k}", x, st.t)
+                if st.t % cfg.eval_every == 0:
+                    last = evaluate()
+                    bar.set_postfix(ret=f"{last['return_mean']:.1f}", succ=f"{last['success_rate']:.2f}")
+                    window_start = time.perf_counter()  # evaluation is not training throughput
+                if term or trunc:
+                    ep_log.add({"step": st.t, "episode": st.episode, "return": ret, "length": length,
+                                "success": int(success)})
+                    tb.add_scalar("train/episode_return", ret, st.t)
+                    st.episode += 1
+                    obs = None
+                    if st.t >= st.next_checkpoint or st.t == cfg.steps:
+                        while st.next_checkpoint <= st.t:
+                            st.next_checkpoint += cfg.checkpoint_every
+                        checkpoint()
+        finally:
+            bar.close()
+            tb.close()
+            for log in (eval_log, train_log, ep_log):
+                log.close()
     summary = {"steps": st.t, "episodes": st.episode, "train_seconds": st.train_seconds,
                "learn_steps": st.learn_steps, "learn_seconds": st.learn_seconds,
                "seconds_per_1k_learning_steps": 1000 * st.learn_seconds / max(st.learn_steps, 1),
