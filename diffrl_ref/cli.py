@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("plot", help="learning curves and results table from run folders")
     g.add_argument("runs", nargs="+", help="run folders (grouped by environment and algorithm)")
-    g.add_argument("--out", default="rl-out", help="output folder for curves.png, results.json, results.rst")
+    g.add_argument("--out", default="rl-out",
+                   help="output folder for curves.png, results.json, results.rst and runs/ (the runs' logs)")
     g.add_argument("--at", type=_positive, nargs="+", default=[50_000, 100_000, 200_000],
                    help="steps of the results table (default: 50000 100000 200000)")
     return p

@@ -69,7 +69,7 @@ def rows_by_group(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
 def test_results_json(runs: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     wrote = report.main(runs, out, [5000, 7000, 10_000, 12_000, 20_000])
-    assert wrote == [out / "curves.png", out / "results.json", out / "results.rst"]
+    assert wrote == [out / "curves.png", out / "results.json", out / "results.rst", out / "runs"]
     assert (out / "curves.png").stat().st_size > 1000
     rows = rows_by_group(out)
     assert list(rows) == [("Hopper-v5", "diffsr"), ("Hopper-v5", "sac"), ("reach-v3", "sac")]
@@ -161,7 +161,62 @@ def test_cli_plot(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixtur
     out = tmp_path / "cli-out"
     assert cli.main(["plot", *map(str, runs), "--out", str(out), "--at", "5000", "10000"]) == 0
     assert "plot: wrote" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"curves.png", "results.json", "results.rst"}
+    assert {p.name for p in out.iterdir()} == {"curves.png", "results.json", "results.rst", "runs"}
     assert cli.main(["plot", str(runs[0]), str(tmp_path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path} is not a run folder" in err
+
+
+# ---- the archive: the table regenerated from the copied logs ----------------------------------------------
+
+
+def test_archive_holds_the_logs_only(runs: list[Path], tmp_path: Path) -> None:
+    (runs[0] / "episodes.csv").write_text("step,episode,return,length,success\n")
+    (runs[0] / "checkpoint.pt").write_bytes(b"\0" * 4096)
+    (runs[0] / "tb").mkdir()
+    out = tmp_path / "out"
+    report.main(runs, out, [5000])
+    copy = out / "runs" / "Hopper-v5" / "diffsr" / "seed0"
+    assert sorted(p.name for p in copy.iterdir()) == sorted(report.ARCHIVED)
+    assert (copy / "eval.csv").read_bytes() == (runs[0] / "eval.csv").read_bytes()
+    assert not (out / "runs" / "Hopper-v5" / "diffsr" / "seed2" / "done.json").exists()  # in progress
+    assert rows_by_group(out)[("Hopper-v5", "diffsr")]["runs"] == [f"runs/Hopper-v5/diffsr/seed{k}" for k in range(3)]
+
+
+@pytest.mark.parametrize("same_out", [True, False])
+def test_regenerated_from_the_archive(runs: list[Path], tmp_path: Path, same_out: bool) -> None:
+    at = [5000, 10_000, 20_000]
+    out = tmp_path / "out"
+    report.main(runs, out, at)
+    before = {name: (out / name).read_text() for name in ("results.json", "results.rst")}
+    again = out if same_out else tmp_path / "again"
+    report.main(sorted((out / "runs").glob("*/*/seed*")), again, at)
+    assert {name: (again / name).read_text() for name in before} == before
+
+
+def test_archive_refuses_foreign_runs(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report.main(runs, out, [5000])
+    with pytest.raises(report.ReportError, match="holds runs outside this table"):
+        report.main(runs[:2], out, [5000])
+    assert (out / "runs" / "reach-v3" / "sac" / "seed1" / "eval.csv").is_file()  # nothing deleted
+
+
+def parse_steps(rst: str) -> list[int]:
+    """The --at steps of a committed table, from its header cells ("@ 20k", "@ 1.5M")."""
+    scale = {"k": 1000, "M": 1_000_000}
+    cells = [line.split("@ ", 1)[1] for line in rst.splitlines() if "- @ " in line]
+    return [round(float(c[:-1]) * scale[c[-1]]) if c[-1] in scale else int(c) for c in cells]
+
+
+BATCHES = sorted(p.parent for p in (Path(__file__).parent.parent / "docs" / "rl").glob("*/runs"))
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=[b.name for b in BATCHES])
+def test_committed_results_match_their_logs(batch: Path, tmp_path: Path) -> None:
+    """Each results table in docs/rl that ships its logs is exactly what ``diffrl plot`` makes of them."""
+    rst = (batch / "results.rst").read_text()
+    report.main(sorted((batch / "runs").glob("*/*/seed*")), tmp_path / "out", parse_steps(rst))
+    assert (tmp_path / "out" / "results.rst").read_text() == rst
+    regenerated = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert regenerated == json.loads((batch / "results.json").read_text())

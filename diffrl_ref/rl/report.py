@@ -1,14 +1,16 @@
 """Learning curves and the results table of ``diffrl train`` run folders (``diffrl plot``).
 
 Runs are grouped by (environment, algorithm); the seeds of a group are its members. The metric is the
-evaluation return for MuJoCo environments and the evaluation success rate for MetaWorld tasks. Three
-files are written to the output folder:
+evaluation return for MuJoCo environments and the evaluation success rate for MetaWorld tasks. These are
+written to the output folder:
 
 ``curves.png``
-    One panel per environment: for each algorithm, the mean over seeds at the evaluation steps that
-    every seed has reached, shaded by plus or minus one standard deviation over seeds.
+    One panel per environment (two for a MetaWorld task: success rate and return): for each algorithm,
+    the mean over seeds at the evaluation steps that every seed has reached, shaded by plus or minus one
+    standard deviation over seeds.
 ``results.json``
-    One row per group: ``env``, ``algo``, ``label``, ``seeds``, ``runs``, ``steps_reached`` (the
+    One row per group: ``env``, ``algo``, ``label``, ``seeds``, ``runs`` (the archived copies, relative to the
+    output folder), ``steps_reached`` (the
     smallest last evaluation step over seeds), ``metric`` (``return`` or ``success_rate``), ``at``
     (for each requested step that every seed reached: ``mean``, ``std`` and ``n`` over seeds of the
     evaluation at that step), ``seconds_per_1k_steps`` and ``steps_per_s`` (wall time of the learning
@@ -16,6 +18,11 @@ files are written to the output folder:
     (every seed has finished, that is has ``done.json``) with ``in_progress`` (the seeds that have not).
 ``results.rst``
     The same as a reStructuredText list table, followed by a note per group whose runs are in progress.
+``runs/ENV/ALGO/seedSEED/``
+    The logs of each run (``config.json``, ``eval.csv``, ``train.csv``, ``episodes.csv``, ``done.json``; no
+    checkpoint, no TensorBoard files): about 6 kB a run, which let the table and the plot be regenerated, and
+    checked, from a repository alone, since the run folders themselves are large and short-lived. Running
+    the command on these copies with the same ``--out`` rewrites the same files.
 
 Standard deviations are numpy's default (population, ``ddof=0``): 0 for a single seed in the JSON, never
 NaN; the table prints a single seed's value without a spread.
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,7 @@ LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)"}
 COLORS = {"diffsr": "C0", "sac": "C1"}
 ALGO_ORDER = {name: i for i, name in enumerate(loop.ALGOS)}
 DASH = "—"
+ARCHIVED = ("config.json", "eval.csv", "train.csv", "episodes.csv", "done.json")
 
 
 class ReportError(ValueError):
@@ -138,12 +147,17 @@ def value_at(run: Run, step: int) -> float | None:
     return before[-1][column(run.env)]
 
 
-def curve(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps every seed evaluated at, with the mean and std over seeds there."""
+def curve(runs: list[Run], col: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps every seed evaluated at, with the mean and std over seeds there of ``col`` (default: the metric)."""
     common = sorted(set.intersection(*({r["step"] for r in run.evals} for run in runs)))
-    col = column(runs[0].env)
+    col = col or column(runs[0].env)
     values = np.array([[next(r[col] for r in run.evals if r["step"] == s) for s in common] for run in runs])
     return np.array(common), values.mean(axis=0), values.std(axis=0)
+
+
+def archived(run: Run) -> Path:
+    """Where ``run``'s logs are copied, relative to the output folder."""
+    return Path("runs") / run.env / run.algo / f"seed{run.seed}"
 
 
 def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
@@ -157,7 +171,7 @@ def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
     speeds = [r.seconds_per_1k for r in runs if r.seconds_per_1k is not None]
     per_1k = float(np.mean(speeds)) if speeds else None
     return {"env": env, "algo": algo, "label": LABELS.get(algo, algo), "seeds": [r.seed for r in runs],
-            "runs": [str(r.path) for r in runs], "steps_reached": min(r.last_step for r in runs),
+            "runs": [archived(r).as_posix() for r in runs], "steps_reached": min(r.last_step for r in runs),
             "metric": metric(env), "at": table, "seconds_per_1k_steps": per_1k,
             "steps_per_s": 1000.0 / per_1k if per_1k else None, "complete": all(r.done for r in runs),
             "in_progress": [r.seed for r in runs if not r.done]}
@@ -217,24 +231,28 @@ def plot(groups: dict[Group, list[Run]], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    env_names = sorted({env for env, _ in groups})
-    ncols = min(3, len(env_names))
-    nrows = math.ceil(len(env_names) / ncols)
+    # MetaWorld tasks get a second panel with the return: success alone is flat until a task is solved
+    panels = [(env, col) for env in sorted({env for env, _ in groups})
+              for col in ((column(env), "return_mean") if envs.is_metaworld(env) else (column(env),))]
+    ncols = 2 if all(envs.is_metaworld(env) for env, _ in panels) else min(3, len(panels))  # a task's pair per row
+    nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
-    for ax in axes.flat[len(env_names):]:
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, env in zip(axes.flat, env_names, strict=False):
+    for ax, (env, col) in zip(axes.flat, panels, strict=False):
         for (g_env, algo), runs in groups.items():
             if g_env != env:
                 continue
-            steps, mean, std = curve(runs)
+            steps, mean, std = curve(runs, col)
             n = len(runs)
             color = COLORS.get(algo)
             ax.plot(steps, mean, color=color, marker="o" if len(steps) == 1 else None,
                     label=f"{LABELS.get(algo, algo)} ({n} seed{'s' if n != 1 else ''})")
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         ax.set(title=env, xlabel="environment steps",
-               ylabel="success rate" if envs.is_metaworld(env) else "evaluation return")
+               ylabel="success rate" if col == "success_rate" else "evaluation return")
+        if col == "success_rate":  # the full scale: a flat zero must not look like noise around zero
+            ax.set_ylim(-0.05, 1.05)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: step_label(int(x)) if x >= 0 else f"{x:g}"))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -243,20 +261,45 @@ def plot(groups: dict[Group, list[Run]], path: Path) -> None:
     plt.close(fig)
 
 
+# ---- archive ---------------------------------------------------------------------------------------------
+
+
+def archive(runs: list[Run], out: Path) -> None:
+    """Copy each run's logs to ``out/runs``; refuse if that folder holds runs outside this table."""
+    wanted = {(out / archived(r)).resolve() for r in runs}
+    root = out / "runs"
+    stale = sorted(str(c.parent) for c in root.glob("*/*/seed*/config.json") if c.parent.resolve() not in wanted)
+    if stale:
+        listed = ", ".join(stale)
+        raise ReportError(f"{root} holds runs outside this table ({listed}): remove them or use another --out")
+    for run in runs:
+        dst = out / archived(run)
+        if dst.resolve() == run.path.resolve():  # regenerating from the archive itself
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVED:
+            src = run.path / name
+            if src.is_file():
+                shutil.copyfile(src, dst / name)
+            else:  # e.g. done.json of a run that has since been extended
+                (dst / name).unlink(missing_ok=True)
+
+
 # ---- entry point --------------------------------------------------------------------------------------
 
 
 def main(runs: list[Path], out: Path, at: list[int]) -> list[Path]:
-    """Write curves.png, results.json and results.rst for ``runs`` into ``out``; return the paths written."""
+    """Write curves.png, results.json, results.rst and runs/ for ``runs`` into ``out``; return the paths written."""
     groups = group([load_run(p) for p in runs])
     at = sorted(set(at))
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    archive([run for members in groups.values() for run in members], out)
     rows = [summarize(key, members, at) for key, members in groups.items()]
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "results.rst").write_text(rst_table(rows, at))
-    wrote = [out / "results.json", out / "results.rst"]
+    wrote = [out / "results.json", out / "results.rst", out / "runs"]
     try:
         plot(groups, out / "curves.png")
     except ImportError:  # the tables need no matplotlib; say what is missing and keep them

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The exact script that produced docs/rl/results.*; it expects a venv with `pip install -c constraints.txt ".[rl]"` at /tmp/v1.
+# The exact script that produced the results in docs/rl/DATE/; it expects a venv with `pip install -c constraints.txt ".[rl]"` at /tmp/v1.
 # usage: queue.sh ALGO "ENV:SEED ENV:SEED ..." STEPS
 . /tmp/v1/bin/activate
 cd /work/main

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The exact script that produced docs/rl/results.*; it expects a venv with `pip install -c constraints.txt ".[rl]"` at /tmp/v1.
+# The exact script behind the quiet-machine throughput table in docs/rl.rst; it expects a venv with `pip install -c constraints.txt ".[rl]"` at /tmp/v1.
 # Training throughput on a quiet machine: HalfCheetah-v5, 2 torch threads, 1,000 random steps then
 # 2,000 learning steps (every update included, evaluation excluded); seconds per 1k learning steps from done.json.
 . /tmp/v1/bin/activate; cd /work/main
