@@ -8,5 +8,6 @@ from diffrl_ref.suite.plugin import (  # noqa: F401 - pytest discovers hooks by 
     pytest_report_header,
     pytest_runtest_logreport,
     pytest_runtest_makereport,
+    pytest_sessionfinish,
     pytest_terminal_summary,
 )

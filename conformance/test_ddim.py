@@ -499,17 +499,58 @@ def _sample_args(draw: st.DrawFn, full_tau: bool = False) -> tuple[GaussianData,
     return g, b, tau, x, noises
 
 
-def _sample_atol(dtype: str, expected: F, K: int, scale: F) -> F:
-    return np.asarray(spec.clause("ddim.sample").tolerance.atol(dtype, expected=expected, K=K, scale=scale))
+# flow_convergence: K, the step counts S and the threshold on the band (spec/ddim.yaml, the
+# property and the derivation of ddim.sample). K = 40 and S = 5, 10, 20 (strides 8, 4, 2) keep
+# the worst-case rounding of S composed steps, which grows like S^2 K eps relative to the
+# discretisation error, far below that error in float32; S < K keeps every grid a proper
+# sub-sequence (at S = K a sampler that ignores tau_{i-1} is exact).
+_FLOW_K = 40
+_FLOW_S = np.array([5, 10, 20])
+
+
+def _flow_euler(x_K: F, g: GaussianData, b: F, tau: list[int], dtype: str) -> tuple[F, F]:
+    """Exact Euler scheme of d xbar = eps* d sigma_bar on tau (DDIM Sec. 4.3), float64, and a rounding bound.
+
+    The bound r on |implementation - this scheme| is the derivation of ddim.sample specialised to
+    eta = 0 (spec/ddim.yaml): per step the coefficient errors of one implementation,
+    (K + 4) eps [q (2 |x_k| + s |eps| (2 + 1/(1 - ab_k))) + |eps| (c + 1/c)] (sigma = 0 exactly, so
+    c = sqrt(1 - ab_prev) carries only the error of 1 - ab_prev), and the rounding of the state
+    x_k it carries, eps (q + |c - q s| g_k) |x_k|; each carried to the end by the exact slopes
+    |A_k| of the later steps, times 4 for the elementary roundings, plus 4 eps |x_0| for the
+    result; the same at float64 eps bounds this oracle's own rounding.
+    """
+    ab = _ab(b)
+    K = b.size
+    xbar = x_K / np.sqrt(ab[K])
+    coef_scale, state_scale = np.zeros_like(x_K), np.zeros_like(x_K)
+    for i in range(len(tau) - 1, -1, -1):
+        k, kp = tau[i], (tau[i - 1] if i else 0)
+        x = np.sqrt(ab[k]) * xbar
+        e = g.eps(x, float(ab[k]))
+        q, s, c = np.sqrt(ab[kp] / ab[k]), np.sqrt(1 - ab[k]), np.sqrt(1 - ab[kp])
+        gk = s / g.marginal(float(ab[k]))[1]  # d eps*/dx
+        slope = np.abs(q + (c - q * s) * gk)
+        inv_c = 1 / c if kp > 0 else 0.0  # c = 0 exactly at k_prev = 0
+        coef_scale = slope * coef_scale + q * (2 * abs(x) + s * abs(e) * (2 + 1 / (1 - ab[k]))) + abs(e) * (c + inv_c)
+        state_scale = slope * state_scale + (q + abs(c - q * s) * gk) * abs(x)
+        sbar_k, sbar_p = np.sqrt((1 - ab[k]) / ab[k]), np.sqrt((1 - ab[kp]) / ab[kp])
+        xbar = xbar + (sbar_p - sbar_k) * e
+    r = sum(4 * eps * ((K + 4) * coef_scale + state_scale + abs(xbar))
+            for eps in (spec.EPS[dtype], spec.EPS["float64"]))
+    return xbar, np.asarray(r, dtype=np.float64)
 
 
 @clause("ddim.sample", "flow_convergence")
-@given(data=st.data(), d=st.integers(1, 3), vp=st.booleans(), b_end=finite(0.005, 0.02), b_max=finite(5.0, 20.0))
-def test_sample_flow_convergence(impl: Any, clause_id: str, data: st.DataObject, d: int, vp: bool, b_end: float,
-                                 b_max: float) -> None:
-    K = 512
+@given(data=st.data(), d=st.integers(1, 3), vp=st.booleans(), lo=finite(0.0, 1.0), hi=finite(0.0, 1.0))
+def test_sample_flow_convergence(impl: Any, clause_id: str, data: st.DataObject, d: int, vp: bool, lo: float,
+                                 hi: float) -> None:
+    K = _FLOW_K
     k = np.arange(1, K + 1)
-    b = 1 - np.exp(-0.1 / K - 0.5 * (b_max - 0.1) * (2 * k - 1) / K**2) if vp else np.linspace(1e-4, b_end, K)
+    if vp:  # VP schedule, beta(t) linear from beta_min in [0.1, 1] to beta_max in [10, 20]
+        b_min, b_max = 0.1 + 0.9 * lo, 10.0 + 10.0 * hi
+        b = 1 - np.exp(-b_min / K - 0.5 * (b_max - b_min) * (2 * k - 1) / K**2)
+    else:  # linear betas from [0.005, 0.02] to [0.1, 0.3]
+        b = np.linspace(0.005 + 0.015 * lo, 0.1 + 0.2 * hi, K)
     b = round_to(impl.dtype, b)
     ab = _ab(b)
     g = data.draw(_data(d))
@@ -517,37 +558,36 @@ def test_sample_flow_convergence(impl: Any, clause_id: str, data: st.DataObject,
     x_K = round_to(impl.dtype, mu_K + np.sqrt(var_K) * np.array([[-2.0], [-0.5], [1.0], [2.5]]))
     exact = g.flow(x_K, float(ab[K]), 1.0)
     fn = need(impl, clause_id)
-    Ns = np.array([16, 32, 64, 128])
-    err, err_euler, rho_terms = [], [], []
-    for N in Ns:
-        tau = [int(K // N * i) for i in range(1, N + 1)]
-        out = np.asarray(fn(x_K, _eps_star(g, b), b, tau, 0.0, np.zeros((N, *x_K.shape))), dtype=np.float64)
+    err, err_euler, rho = [], [], []
+    for S in _FLOW_S:
+        tau = [int(K // S * i) for i in range(1, S + 1)]
+        out = np.asarray(fn(x_K, _eps_star(g, b), b, tau, 0.0, np.zeros((S, *x_K.shape))), dtype=np.float64)
+        euler, r = _flow_euler(x_K, g, b, tau, impl.dtype)
         err.append(float(np.max(np.abs(out - exact))))
-        # The exact Euler scheme of d xbar = eps* d sigma_bar on the same grid (DDIM Sec. 4.3), float64.
-        xbar = x_K / np.sqrt(ab[K])
-        for i in range(N - 1, -1, -1):
-            kk, kp = tau[i], (tau[i - 1] if i else 0)
-            sb_k, sb_p = np.sqrt((1 - ab[kk]) / ab[kk]), np.sqrt((1 - ab[kp]) / ab[kp])
-            xbar = xbar + (sb_p - sb_k) * g.eps(np.sqrt(ab[kk]) * xbar, float(ab[kk]))
-        err_euler.append(float(np.max(np.abs(xbar - exact))))
-        x64, scale = _sample64(x_K, g, b, tau, 0.0, np.zeros((N, *x_K.shape)))
-        tol = float(np.max(_sample_atol(impl.dtype, x64, K, scale)))
-        rho_terms.append(tol / (err[-1] - tol) if err[-1] > tol else np.inf)
-    logN = np.log(Ns)
-    p = -np.polyfit(logN, np.log(err), 1)[0]
-    p_euler = -np.polyfit(logN, np.log(err_euler), 1)[0]
-    # Rounding moves each log error by at most tol/(e - tol); the least-squares slope moves by at
-    # most sum|x - mean| / sum (x - mean)^2 times that.
-    w = np.abs(logN - logN.mean()).sum() / ((logN - logN.mean()) ** 2).sum()
-    band = abs(p_euler - 1) + w * max(rho_terms)
-    if not band < 0.5:
-        # Rounding at this dtype can move the slope by more than half an order: the check could not
-        # tell first order from order 1/2 or 3/2, so it reports itself inconclusive instead of passing.
-        pytest.skip(f"{clause_id}: convergence order not observable at {impl.dtype} precision (band {band:.3g})")
-    assert_that(abs(p - 1) <= band, clause_id,
+        err_euler.append(float(np.max(np.abs(euler - exact))))
+        # |err - err_euler| <= max r, so rounding moves log(err) by at most r / (err_euler - r).
+        r_max = float(np.max(r))
+        rho.append(r_max / (err_euler[-1] - r_max) if err_euler[-1] > r_max else np.inf)
+    logS = np.log(_FLOW_S)
+    dev = logS - logS.mean()
+    p = -np.polyfit(logS, np.log(err), 1)[0]
+    p_euler = -np.polyfit(logS, np.log(err_euler), 1)[0]
+    # The least-squares slope moves by at most sum |dev_i| rho_i / sum dev_i^2.
+    band = float(np.sum(np.abs(dev) * np.asarray(rho)) / np.sum(dev**2))
+    observable = abs(p_euler - 1) + band < 0.5  # a pass then excludes orders <= 1/2 and >= 3/2
+    if not observable:
+        reason = (f"not observable at {impl.dtype}: {clause_id}: rounding band {band:.3g} on the slope plus the "
+                  f"Euler slope's distance from 1, {abs(p_euler - 1):.3g}, reaches 1/2")
+        if impl.dtype in ("float32", "float64"):
+            # The domain above is chosen so this cannot happen in float32/float64 (spec/ddim.yaml):
+            # reaching it is a defect of the test, which must not pass or skip silently.
+            raise RuntimeError(f"{reason} (test design error: narrow the test's schedules or data)")
+        pytest.skip(reason)
+    assert_that(abs(p - p_euler) <= band, clause_id,
                 f"deterministic DDIM (eta = 0) with exact eps* converges to the probability-flow map at rate "
-                f"{p:.3f}, not first order: |p - 1| > {band:.3f} (errors {np.array(err)} at N = {Ns.tolist()}; "
-                f"exact Euler scheme: slope {p_euler:.3f}, errors {np.array(err_euler)})")
+                f"{p:.3f}, but the exact Euler scheme on the same grids (first order) has slope {p_euler:.3f}: "
+                f"|p - p_Euler| > {band:.3g} (rounding band); errors {np.array(err)} vs Euler's "
+                f"{np.array(err_euler)} at S = {_FLOW_S.tolist()}, K = {K}")
 
 
 @clause("ddim.sample", "exact_law")
@@ -558,7 +598,7 @@ def test_sample_exact_law(impl: Any, clause_id: str, data: st.DataObject, d: int
     tau = _tau_of(K, data.draw(st.lists(st.booleans(), min_size=K, max_size=K)))
     g = data.draw(_data(d))
     ab = _ab(b)
-    n = 20000
+    n = 20000  # rows: sets the power of the moment tests; their level is stats.ALPHA whatever n
     rng = np.random.default_rng(20210112)
     x_K = rng.standard_normal((n, d))
     noises = rng.standard_normal((len(tau), n, d))

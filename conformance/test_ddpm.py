@@ -1,16 +1,19 @@
 """Conformance: spec family ``ddpm`` (Ho, Jain and Abbeel, NeurIPS 2020).
 
-alpha_bar is recomputed here in float64 from the (rounded) betas as prod(1 - beta_i), so a
-property of one clause does not depend on the implementation's other clauses unless the spec
-says so (ddpm.marginal composition uses forward_kernel; ddpm.vlb's link uses simple_loss).
+alpha_bar is recomputed here in float64 from the (rounded) betas as prod(1 - beta_i), and a test
+of one clause calls no other clause of the implementation: where a property links two clauses
+(marginal and forward kernels, x0_from_eps and noise, vlb and simple_loss) the other side is
+written here from the paper, so a bug there cannot fail this clause.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -184,18 +187,48 @@ def test_forward_kernel_rejects_out_of_domain(impl: Any, clause_id: str, i: int)
 def test_marginal_composition(impl: Any, clause_id: str, case: tuple[Any, ...]) -> None:
     b, _, x0 = case
     b, x0 = round_to(impl.dtype, b), round_to(impl.dtype, x0)
-    fk, marg = need(impl, "ddpm.forward_kernel"), need(impl, clause_id)
+    marg = need(impl, clause_id)
     B = x0.shape[0]
     m, v = x0, np.zeros((B, 1))
     for k in range(1, b.size + 1):
-        g = _f64(fk(np.ones((B, 1)), b, k)[0])
-        mk, vk = fk(m, b, k)
-        m, v = _f64(mk), g**2 * v + _f64(vk)
+        # The kernel of Ho et al. Eq. (2), written here (not the implementation's forward_kernel, so a
+        # bug there cannot fail this clause): N(sqrt(alpha_k) x_{k-1}, beta_k I) maps N(m, v) to
+        # N(sqrt(alpha_k) m, alpha_k v + beta_k).
+        alpha = 1.0 - b[k - 1]
+        m, v = np.sqrt(alpha) * m, alpha * v + b[k - 1]
         mean, var = (_f64(a) for a in marg(x0, b, k))
         assert_close(clause_id, mean, m, dtype=impl.dtype, what=f"mean after {k} kernels", K=b.size, scale=0.0,
                      inputs={"k": k})
         assert_close(clause_id, var, v, dtype=impl.dtype, what=f"variance after {k} kernels", K=b.size,
                      scale=1.0, inputs={"k": k})
+
+
+# sqrt(alpha_k) with a few bits: beta_k = 1 - r^2 is then exact in bfloat16, float32 and float64.
+_DYADIC_ROOTS = tuple(Fraction(n, 2**j) for n, j in ((1, 1), (3, 2), (5, 3), (7, 3), (15, 4), (31, 5), (63, 6),
+                                                    (127, 7)))
+
+
+assert all(round_to("bfloat16", float(1 - r * r)) == float(1 - r * r) for r in _DYADIC_ROOTS)
+
+
+@clause("ddpm.marginal", "exact_dyadic_schedule")
+@given(roots=st.lists(st.sampled_from(_DYADIC_ROOTS), min_size=1, max_size=8),
+       x0=st.integers(1, 4).flatmap(lambda d: _batch(3, d, 10.0)))
+def test_marginal_exact_dyadic_schedule(impl: Any, clause_id: str, roots: list[Fraction], x0: F) -> None:
+    x0 = round_to(impl.dtype, x0)
+    b = np.array([float(1 - r * r) for r in roots])
+    marg = need(impl, clause_id)
+    B = x0.shape[0]
+    sqrt_ab = Fraction(1)
+    for k in range(1, b.size + 1):
+        sqrt_ab *= roots[k - 1]  # sqrt(alpha_bar_k) = r_1 ... r_k exactly (rational arithmetic)
+        mean_exact = np.array([[float(sqrt_ab * Fraction(v)) for v in row] for row in x0])
+        var_exact = np.full((B, 1), float(1 - sqrt_ab * sqrt_ab))
+        mean, var = (_f64(a) for a in marg(x0, b, k))
+        assert_close(clause_id, mean, mean_exact, dtype=impl.dtype, what=f"mean = (r_1...r_k) x0 at k={k}",
+                     K=b.size, scale=0.0, inputs={"k": k, "sqrt(alpha_bar_k)": float(sqrt_ab)})
+        assert_close(clause_id, var, var_exact, dtype=impl.dtype, what=f"var = 1 - (r_1...r_k)^2 at k={k}",
+                     K=b.size, scale=1.0, inputs={"k": k, "sqrt(alpha_bar_k)": float(sqrt_ab)})
 
 
 @clause("ddpm.marginal", "variance_preserving")
@@ -296,10 +329,12 @@ def test_x0_from_eps_round_trip(impl: Any, clause_id: str, case: tuple[Any, ...]
     b, k, x0, e = case
     b, x0, e = round_to(impl.dtype, b), round_to(impl.dtype, x0), round_to(impl.dtype, e)
     ab = _coefs(b, k, x0.shape[0])["ab"]
-    xk = round_to(impl.dtype, need(impl, "ddpm.noise")(x0, e, b, k))
+    # x_k = sqrt(alpha_bar_k) x0 + sqrt(1 - alpha_bar_k) eps formed here in float64 (not by the
+    # implementation's ddpm.noise, so a bug there cannot fail this clause), then rounded to the dtype.
+    xk = round_to(impl.dtype, np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * e)
     back = need(impl, clause_id)(xk, e, b, k)
-    assert_close(clause_id, back, x0, dtype=impl.dtype, what="x0_from_eps(noise(x0, eps), eps) = x0", K=b.size,
-                 xk=xk, e=e, **_roots(ab), inputs={"k": k, "alpha_bar_k": ab})
+    assert_close(clause_id, back, x0, dtype=impl.dtype, what="x0_from_eps(sqrt(ab) x0 + sqrt(1 - ab) eps, eps) = x0",
+                 K=b.size, xk=xk, e=e, **_roots(ab), inputs={"k": k, "alpha_bar_k": ab})
 
 
 @clause("ddpm.x0_from_eps", "tweedie")
@@ -381,6 +416,7 @@ def test_posterior_total_law(impl: Any, clause_id: str, case: tuple[Any, ...]) -
     post = need(impl, clause_id)
     mean_of_mean = _f64(post(x0, np.sqrt(c["ab"]) * x0, b, k)[0])
     assert_close(clause_id, mean_of_mean, np.sqrt(c["ab_prev"]) * x0, dtype=impl.dtype,
+                 # the rule's scale |x0| + |x_k| with x_k = sqrt(alpha_bar_k) x0, at most 2 |x0|
                  what="E[mu_tilde] = sqrt(alpha_bar_{k-1}) x0", K=b.size, scale=2 * np.abs(x0), gap=c["gap"],
                  inputs={"k": k})
     coef_xk = _f64(post(np.zeros((B, 1)), np.ones((B, 1)), b, k)[0])
@@ -438,7 +474,7 @@ def test_reverse_step_posterior_mean(impl: Any, clause_id: str, case: tuple[Any,
     # x_k is rounded to the dtype, so eps is exact only up to eps |x_k| / sqrt(1 - alpha_bar_k),
     # which the step multiplies by beta_k / sqrt(1 - alpha_bar_k) <= 1 / gap: inside scale / gap.
     assert_close(clause_id, out, mu_tilde, dtype=impl.dtype, what="step mean = mu_tilde(x0, x_k)", K=b.size,
-                 scale=(np.abs(x0) + np.abs(xk) + np.abs(e)) / np.sqrt(c["alpha"]), gap=c["gap"], extrap=0.0,
+                 scale=(np.abs(x0) + np.abs(xk) + np.abs(e)) / np.sqrt(c["alpha"]), gap=c["gap"],
                  inputs={"k": k, "variance": variance})
 
 
@@ -459,10 +495,10 @@ def test_reverse_step_z_unused_at_k1(impl: Any, clause_id: str, case: tuple[Any,
                     f"{np.max(np.abs(with_z[at1] - without[at1])):.3e}")
 
 
-def _chain_law(data: GaussianData, b: F, variance: str) -> tuple[F, F]:
-    """Exact law of the ancestral chain from x_K ~ N(0, I) driven by eps* (closed form, float64)."""
+def _chain_law(data: GaussianData, b: F, variance: str, start: tuple[F, F] | None = None) -> tuple[F, F]:
+    """Exact law of the ancestral chain from x_K ~ start (default N(0, I)) driven by eps* (closed form, float64)."""
     ab = _ab(b)
-    mean, var = np.zeros_like(data.mean), np.ones_like(data.var)
+    mean, var = start if start is not None else (np.zeros_like(data.mean), np.ones_like(data.var))
     for k in range(b.size, 0, -1):
         beta, alpha = b[k - 1], 1.0 - b[k - 1]
         _, V = data.marginal(ab[k])
@@ -506,6 +542,7 @@ def _first_order_constant(s2: F, beta_min: float, beta_max: float) -> F:
     for s in s2:
         def f(t: float, s: float = float(s)) -> float:
             return a_bar(t) ** 2 * beta(t) ** 2 / (1.0 + a_bar(t) * (s - 1.0)) ** 3
+        # Quadrature error <= 1e-12 |C| + 1e-13: negligible in the check, whose allowance is >= 0.005 (spec).
         out.append((1.0 - s) * s**2 * integrate.quad(f, 0.0, 1.0, epsabs=1e-13, epsrel=1e-12)[0] - beta_min)
     return np.asarray(out)
 
@@ -516,7 +553,7 @@ def test_reverse_step_converges_to_data(impl: Any, clause_id: str, K: int, sched
     data = GaussianData.of([1.0, -2.0, 0.5], [0.05, 0.5, 2.0])
     d = 3
     step = need(impl, clause_id)
-    scaled_error: dict[int, F] = {}
+    C = _first_order_constant(data.var, *schedule)
     for n_steps in (K, 2 * K):
         b = round_to(impl.dtype, _vp(n_steps, *schedule))
         ab = _ab(b)
@@ -528,14 +565,26 @@ def test_reverse_step_converges_to_data(impl: Any, clause_id: str, K: int, sched
             c = f(zero, zero)[0]  # the step is x -> A x + c + sigma z, coordinatewise
             A, noise_var = f(one, zero)[0] - c, (f(zero, one)[0] - c) ** 2
             mean, var = propagate_affine(mean, var, A, c, noise_var)
-        scaled_error[n_steps] = n_steps * (var - data.var)
+        # scale K (1 + |m|)(1 + s2): K steps of terms at most a few |m|, carried by gains <= max(1, sqrt(s2)) (spec)
         assert_close(clause_id, mean, data.mean, dtype=impl.dtype, what=f"output mean exact, K={n_steps}",
-                     K=n_steps, scale=n_steps * (1.0 + np.abs(data.mean)) * (1.0 + data.var), gap=1.0, extrap=0.0)
-    C = _first_order_constant(data.var, *schedule)
-    assert_close(clause_id, scaled_error[2 * K], C, dtype=impl.dtype,
-                 what=f"2K e_2K -> C (K={K}, VP beta in [{schedule[0]}, {schedule[1]}])", K=2 * K,
-                 scale=4 * K * (1.0 + data.var), gap=1.0, extrap=2 * np.abs(scaled_error[K] - scaled_error[2 * K]),
-                 inputs={"s2": data.var, "K e_K": scaled_error[K]})
+                     K=n_steps, scale=n_steps * (1.0 + np.abs(data.mean)) * (1.0 + data.var), gap=1.0)
+        # The exact chain on the same schedule, float64 (Ho et al. Eq. 11 with eps*, in closed form): its
+        # K e*_K tends to C (the first-order constant); the implementation's chain must be that chain.
+        _, var_exact = _chain_law(data, b, "beta", start=data.marginal(ab[n_steps]))
+        scale = 2 * n_steps * (1.0 + data.var)
+        rounding = spec.clause(clause_id).tolerance.atol(impl.dtype, expected=C, K=n_steps, scale=scale, gap=1.0)
+        if np.any(rounding >= np.abs(C)):
+            # The rounding allowance alone covers C: a chain whose K e_K stays at 0 (or at 2C) would pass.
+            reason = (f"not observable at {impl.dtype}: {clause_id}: rounding allowance {np.max(rounding):.3g} "
+                      f"reaches |C| = {np.min(np.abs(C)):.3g} (K = {n_steps})")
+            if impl.dtype in ("float32", "float64"):  # the six cases are chosen so this cannot happen there
+                raise RuntimeError(f"{reason} (test design error)")
+            pytest.skip(reason)
+        assert_close(clause_id, n_steps * (var - data.var), n_steps * (var_exact - data.var), dtype=impl.dtype,
+                     what=f"K e_K of the exact chain, which tends to C (K={n_steps}, VP beta in [{schedule[0]}, "
+                          f"{schedule[1]}])",
+                     K=n_steps, scale=scale, gap=1.0,
+                     inputs={"s2": data.var, "C": C})
 
 
 @clause("ddpm.reverse_step", "matches_reference")
@@ -546,7 +595,7 @@ def test_reverse_step_matches_reference(impl: Any, clause_id: str, case: tuple[A
     c = _coefs(b, k, xk.shape[0])
     assert_close(clause_id, need(impl, clause_id)(xk, e, b, k, z, variance), ref.reverse_step(xk, e, b, k, z, variance),
                  dtype=impl.dtype, K=b.size, scale=(np.abs(xk) + np.abs(e) + np.abs(z)) / np.sqrt(c["alpha"]),
-                 gap=c["gap"], extrap=0.0, inputs={"k": k, "variance": variance})
+                 gap=c["gap"], inputs={"k": k, "variance": variance})
 
 
 _BAD_STEP = _bad_schedule_cases(lambda b, k: ((_X, _X, b, k, _X), {})) + [
@@ -709,14 +758,16 @@ def test_vlb_terms_are_weighted_losses(impl: Any, clause_id: str, case: tuple[F,
     eps_fn = _toy_eps_fn(K)
     terms = _f64(need(impl, clause_id)(x0, eps_fn, b, eps, variance))
     assert_that(terms.shape == (K + 1, B), clause_id, f"terms shape {terms.shape}, expected (K+1, B) = {(K + 1, B)}")
-    loss = need(impl, "ddpm.simple_loss")
     expected = np.zeros((K, B))
     for k in range(1, K + 1):
         c = _coefs(b, k, B)
         xk = np.sqrt(c["ab"]) * x0 + np.sqrt(1.0 - c["ab"]) * eps[k - 1]
         e_hat = eps_fn(xk, np.full(B, k))
         s2 = c["beta"] if k == 1 else _sigma2(variance, c)
-        weighted = _f64(loss(eps[k - 1], e_hat, b, k, "vlb", s2[:, 0]))
+        # The vlb weight of Eq. (12), lambda_k = beta_k^2 / (2 sigma_k^2 alpha_k (1 - alpha_bar_k)), written
+        # here (not the implementation's ddpm.simple_loss, so a bug there cannot fail this clause).
+        lam = (c["beta"] ** 2 / (2.0 * s2 * c["alpha"] * (1.0 - c["ab"])))[:, 0]
+        weighted = lam * np.sum((eps[k - 1] - e_hat) ** 2, axis=1)
         if k == 1:
             const = 0.5 * d * np.log(2.0 * np.pi * c["beta"][:, 0])
         else:
@@ -725,7 +776,7 @@ def test_vlb_terms_are_weighted_losses(impl: Any, clause_id: str, case: tuple[F,
         expected[k - 1] = weighted + const
     u, gap = _vlb_tol_vars(b, x0, eps, eps_fn, variance)
     assert_close(clause_id, terms[:K], expected, dtype=impl.dtype,
-                 what="L_{k-1} = simple_loss(vlb, sigma_k^2) + variance constant", K=K, d=d,
+                 what="L_{k-1} = lambda_k ||eps_k - eps_hat_k||^2 + variance constant", K=K, d=d,
                  scale=np.abs(expected) + d, u=u[:K], gap=gap[:K],
                  inputs={"j (term L_j)": np.arange(K)[:, None], "variance": variance})
 

@@ -116,8 +116,11 @@ def test_trajectory_layout(impl: Any, clause_id: str, sa: tuple[F, F]) -> None:
 @given(sa=_sa())
 def test_trajectory_round_trip(impl: Any, clause_id: str, sa: tuple[F, F]) -> None:
     s, a = (round_to(impl.dtype, x) for x in sa)
-    tau = need(impl, clause_id)(s, a)
-    s2, a2 = (_f64(x) for x in need(impl, "diffuser.split_trajectory")(tau, s.shape[2]))
+    (B, L, ds), da = s.shape, a.shape[2]
+    tau = _f64(need(impl, clause_id)(s, a))
+    assert_that(tau.shape == (B, L, ds + da) and bool(np.all(np.isfinite(tau))), clause_id,
+                f"shape {tau.shape} (expected {(B, L, ds + da)}) or non-finite entries")
+    s2, a2 = ref.split_trajectory(tau, ds)  # the reference's inverse: a failure is this clause's
     assert_that(s2.shape == s.shape and bool(np.array_equal(s2, s)), clause_id,
                 "split_trajectory(trajectory(s, a)) does not give back the states")
     assert_that(a2.shape == a.shape and bool(np.array_equal(a2, a)), clause_id,
@@ -175,7 +178,11 @@ def test_split_layout(impl: Any, clause_id: str, case: tuple[F, int]) -> None:
 def test_split_round_trip(impl: Any, clause_id: str, case: tuple[F, int]) -> None:
     tau, ds = case
     tau = round_to(impl.dtype, tau)
-    back = _f64(need(impl, "diffuser.trajectory")(*need(impl, clause_id)(tau, ds)))
+    s, a = (_f64(x) for x in need(impl, clause_id)(tau, ds))
+    assert_that(s.shape == tau.shape[:2] + (ds,) and a.shape == tau.shape[:2] + (tau.shape[2] - ds,)
+                and bool(np.all(np.isfinite(s)) and np.all(np.isfinite(a))), clause_id,
+                f"shapes {s.shape}, {a.shape} for tau {tau.shape} and ds = {ds}, or non-finite entries")
+    back = ref.trajectory(s, a)  # the reference's inverse: a failure is this clause's
     assert_that(back.shape == tau.shape and bool(np.array_equal(back, tau)), clause_id,
                 "trajectory(*split_trajectory(tau, ds)) is not tau")
 
@@ -324,13 +331,12 @@ def test_guided_step_unguided(impl: Any, clause_id: str, case: dict[str, Any]) -
     var = case["variance"]
     B = x.shape[0]
     c = _coefs(b, k, B)
-    flat = (B, -1)
-    want = _f64(need(impl, "ddpm.reverse_step")(x.reshape(flat), e.reshape(flat), b, k, z.reshape(flat), var))
+    want = _mu(x, e, c) + np.sqrt(_sigma(c, var)) * z  # ddpm.reverse_step (Ho et al., Eq. 11), formed here
     step = need(impl, clause_id)
     for what, grad, scale in (("grad_J = None", None, s), ("grad_J = 0", _const_grad(np.zeros(x.shape[1:])), s),
                               ("scale = 0", _const_grad(case["c"]), 0.0)):
         got = step(x, e, b, k, z, grad, scale, var)
-        assert_close(clause_id, got, want.reshape(x.shape), dtype=impl.dtype, what=f"{what}: ddpm.reverse_step",
+        assert_close(clause_id, got, want, dtype=impl.dtype, what=f"{what}: mu + sqrt(Sigma_k) z",
                      K=b.size, scale=_size(c, x, e, z), amp=1.0, shift=0.0, gap=c["gap"],
                      inputs={"k": c["k"], "variance": var})
 
@@ -350,6 +356,7 @@ def test_guided_step_linear_return(impl: Any, clause_id: str, case: dict[str, An
     assert_close(clause_id, at0, _mu(x, e, c) + shift, dtype=impl.dtype, what="mean = mu + s Sigma c",
                  K=b.size, scale=_size(c, x, e), amp=1.0, shift=np.abs(shift), gap=c["gap"],
                  inputs={"k": c["k"], "variance": var, "s": s, "Sigma": Sigma})
+    # atz - at0 carries the errors of both calls: the rule gets twice their magnitudes.
     assert_close(clause_id, atz - at0, np.sqrt(Sigma) * z, dtype=impl.dtype, what="noise = sqrt(Sigma) z",
                  K=b.size, scale=2 * _size(c, x, e, z), amp=1.0, shift=2 * np.abs(shift), gap=c["gap"],
                  inputs={"k": c["k"], "variance": var, "Sigma": Sigma})
@@ -570,7 +577,9 @@ def _step_vars(b: F, k: int, tau: F, e_hat: F, z: F, case: dict[str, Any], lip_J
 def test_sample_composition(impl: Any, clause_id: str, case: dict[str, Any]) -> None:
     eps_fn, _ = _plan_net(case["seed"], *case["shape"][1:])
     chain = _run(impl, need(impl, clause_id), case, eps_fn)
-    step, inpaint = need(impl, "diffuser.guided_step"), need(impl, "diffuser.inpaint")
+    # One step of the float64 reference from the implementation's own chain: a bug in the
+    # implementation's guided_step or inpaint cannot fail this clause.
+    step, inpaint = ref.guided_step, ref.inpaint
     b, v = round_to(impl.dtype, case["b"]), case["values"]
     tau_K, z = _noise(impl, case)
     m = case["mask"]
@@ -580,6 +589,8 @@ def test_sample_composition(impl: Any, clause_id: str, case: dict[str, Any]) -> 
     def cond(t: F) -> F:
         return t if m is None else _f64(inpaint(t, m, round_to(impl.dtype, v)))
 
+    assert_that(chain.shape == (K + 1, *case["shape"]) and bool(np.all(np.isfinite(chain))), clause_id,
+                f"chain shape {chain.shape} (expected {(K + 1, *case['shape'])}) or non-finite entries")
     start = cond(tau_K)
     assert_that(chain.shape[0] == K + 1 and bool(np.array_equal(chain[K], start)), clause_id,
                 "chain[K] is not inpaint(tau_K)")

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from diffrl_ref.reference import ddpm as ddpm_ref
 from diffrl_ref.reference import dof as ref
 from diffrl_ref.reference import qmix as qref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
@@ -205,7 +206,7 @@ def test_data_linear_blocks(impl: Any, clause_id: str, case: tuple[F, str, F | N
         assert_close(clause_id, out[:, i * d:(i + 1) * d], ww[i] * x[:, i], dtype=impl.dtype,
                      what=f"block {i + 1} = w_{i + 1} x_{i + 1} ({mode})", N=N, H=0,
                      scale=np.abs(ww[i] * x[:, i]))
-    noise = _f64(need(impl, "dof.noise_factorisation")(x, mode, w))
+    noise = ref.noise_factorisation(x, mode, w)  # the float64 reference, not the implementation's clause
     assert_close(clause_id, out, noise, dtype=impl.dtype, what="same f as dof.noise_factorisation", N=N, H=0,
                  scale=np.abs(noise))
 
@@ -220,6 +221,8 @@ def test_data_atten_rows_stochastic(impl: Any, clause_id: str, N: int, B: int, p
     W = _f64(fn(probe, "atten", scores)).reshape(B, N, N)  # block i = sum_j w_ij e_j = row i of W
     expected = _softmax(np.broadcast_to(scores, (B, N, N)))
     assert_that(bool(np.all(W >= 0)), clause_id, f"negative attention weight: min {W.min():.3g}")
+    # The Atten scale sum_j w_ij |x_j| is w_ic <= 1 per entry for one-hot probes, so 1 per entry and N for
+    # a row sum of N entries.
     assert_close(clause_id, W.sum(axis=2), np.ones((B, N)), dtype=impl.dtype, what="rows sum to 1", N=N, H=0,
                  scale=float(N))
     assert_close(clause_id, W, expected, dtype=impl.dtype, what="w_ij = softmax_j(a_ij)", N=N, H=0, scale=1.0,
@@ -247,7 +250,7 @@ def test_data_qmix_coordinatewise(impl: Any, clause_id: str, case: tuple[F, F, q
     x, s = round_to(impl.dtype, x), round_to(impl.dtype, s)
     B, N, d = x.shape
     fn = need(impl, clause_id)
-    mix = need(impl, "qmix.mixer")
+    mix = qref.mixer  # the float64 reference: a bug in qmix.mixer fails that clause, not this one
     out = _f64(fn(x, "qmix", None, s, hyper))
     assert_that(out.shape == (B, d), clause_id, f"QMIX x_tot shape {out.shape}, expected {(B, d)}")
     rng = np.random.default_rng(seed)
@@ -501,12 +504,13 @@ def _chain_rounded(impl: Any, c: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _centralised(impl: Any, c: dict[str, Any], nets: list[Any]) -> tuple[F, F, F]:
-    """Test-side centralised chain on x_tot with the implementation's ddpm.reverse_step.
+def _centralised(c: dict[str, Any], nets: list[Any]) -> tuple[F, F, F]:
+    """Test-side centralised chain on x_tot with the float64 reference ddpm.reverse_step (not the
+    implementation's: a bug there fails ddpm.reverse_step, not the dof clauses).
 
     Returns the sample, the scale max(|x| + |eps_hat| + |z|) and the gain of the rule.
     """
-    step = need(impl, "ddpm.reverse_step")
+    step = ddpm_ref.reverse_step
     b, xK, z = c["b"], c["xK"], c["z"]
     B, N, d = xK.shape
     w = _weights(c["mode"], c["w"], N)
@@ -534,7 +538,7 @@ def test_decentralised_reproduces_centralised(impl: Any, clause_id: str, case: d
     nets = _agents(c["seed"], N, d)
     got = _f64(need(impl, clause_id)(c["xK"], nets, c["b"], c["z"], c["variance"]))
     assert_that(got.shape == (B, N, d), clause_id, f"output shape {got.shape}, expected {(B, N, d)}")
-    expected, scale, gain = _centralised(impl, c, nets)
+    expected, scale, gain = _centralised(c, nets)
     assert_close(clause_id, _f(got, _weights(c["mode"], c["w"], N)), expected, dtype=impl.dtype,
                  what=f"f(decentralised samples) = centralised chain ({c['mode']}, {c['variance']})",
                  K=c["b"].size, scale=scale, gain=gain)
@@ -548,7 +552,7 @@ def test_decentralised_independent_agents(impl: Any, clause_id: str, case: dict[
     nets = _agents(c["seed"], N, d)
     sample = need(impl, clause_id)
     base = _f64(sample(c["xK"], nets, c["b"], c["z"], c["variance"]))
-    _, scale, gain = _centralised(impl, c, nets)
+    _, scale, gain = _centralised(c, nets)
     rng = np.random.default_rng(c["seed"])
     for j in range(N):
         xK, z, other = c["xK"].copy(), c["z"].copy(), list(nets)
@@ -633,7 +637,7 @@ def test_decentralised_matches_reference(impl: Any, clause_id: str, case: dict[s
     B, N, d = c["xK"].shape
     nets = _agents(c["seed"], N, d)
     c_concat = dict(c, mode="concat", w=None)
-    _, scale, gain = _centralised(impl, c_concat, nets)
+    _, scale, gain = _centralised(c_concat, nets)
     args = (c["xK"], nets, c["b"], c["z"], c["variance"])
     assert_close(clause_id, need(impl, clause_id)(*args), ref.decentralised_sample(*args), dtype=impl.dtype,
                  K=c["b"].size, scale=scale, gain=gain, inputs={"variance": c["variance"]})
@@ -675,10 +679,10 @@ def test_igd_equals_decentralised(impl: Any, clause_id: str, case: dict[str, Any
     B, N, d = c["xK"].shape
     nets = _agents(c["seed"], N, d)
     w = _weights(c["mode"], c["w"], N)
-    dec = _f64(need(impl, "dof.decentralised_sample")(c["xK"], nets, c["b"], c["z"], c["variance"]))
     z_tot = np.stack([_f(zk, w) for zk in c["z"]])
     got = _f64(need(impl, clause_id)(_f(c["xK"], w), nets, c["b"], z_tot, c["mode"], c["w"], c["variance"]))
-    _, scale, gain = _centralised(impl, c, nets)
+    dec = ref.decentralised_sample(c["xK"], nets, c["b"], c["z"], c["variance"])  # the float64 reference
+    _, scale, gain = _centralised(c, nets)
     assert_close(clause_id, got, _f(dec, w), dtype=impl.dtype,
                  what=f"centralised sample = f(decentralised samples) ({c['mode']}, {c['variance']})",
                  K=c["b"].size, scale=scale, gain=gain)
@@ -716,7 +720,7 @@ def test_igd_matches_reference(impl: Any, clause_id: str, case: dict[str, Any]) 
     w = _weights(c["mode"], c["w"], N)
     x_tot = round_to(impl.dtype, _f(c["xK"], w))
     z_tot = round_to(impl.dtype, np.stack([_f(zk, w) for zk in c["z"]]))
-    _, scale, gain = _centralised(impl, c, nets)
+    _, scale, gain = _centralised(c, nets)
     args = (x_tot, nets, c["b"], z_tot, c["mode"], c["w"], c["variance"])
     assert_close(clause_id, need(impl, clause_id)(*args), ref.igd(*args), dtype=impl.dtype, K=c["b"].size,
                  scale=scale, gain=gain, inputs={"mode": c["mode"]})
@@ -754,7 +758,9 @@ def _policy_vars(c: dict[str, Any], eh: F, lip: float, bc: F, q: F, eta: float,
 @st.composite
 def _q_draw(draw: st.DrawFn, B: int, N: int) -> F:
     q = draw(hnp.arrays(np.float64, (B, N), elements=finite(-20.0, 20.0)))
-    return np.where(np.abs(q).sum(axis=0) > 1e-3, q, q + 1.0)  # every agent column has E|Q| > 0
+    # Every agent column needs E|Q| > 0 (the domain); columns summing below 1e-3 are moved off that
+    # boundary by + 1 (the rule is relative to the Q term's magnitude, so nothing depends on the value).
+    return np.where(np.abs(q).sum(axis=0) > 1e-3, q, q + 1.0)
 
 
 @clause("dof.policy_loss", "composition")
@@ -767,18 +773,55 @@ def test_policy_composition(impl: Any, clause_id: str, case: dict[str, Any], eta
     norm = np.mean(np.abs(q_norm), axis=0)
     nets = _agents(c["seed"], N, d)
     base = (c["x0"], c["k"], c["eps"], nets, c["b"])
-    bc = _f64(need(impl, "dof.train_step")(*base, c["mode"], c["w"]))
+    loss = need(impl, clause_id)
+    got = loss(*base, q, eta, c["mode"], c["w"])  # first: a domain error names this clause
+    bc = ref.train_step(*base, c["mode"], c["w"])  # the float64 reference, not the implementation's train_step
     _, eh, _ = _per_agent(c, nets)
     lip = max(a.lip for a in nets)
-    loss = need(impl, clause_id)
     expected = bc - np.sum(eta * q / np.mean(np.abs(q), axis=0), axis=1)
-    assert_close(clause_id, loss(*base, q, eta, c["mode"], c["w"]), expected, dtype=impl.dtype,
+    assert_close(clause_id, got, expected, dtype=impl.dtype,
                  what="L_BC - sum_i eta Q_i / mean|Q_i|", **_policy_vars(c, eh, lip, bc, q, eta))
     expected = bc - np.sum(eta * q / norm, axis=1)
     assert_close(clause_id, loss(*base, q, eta, c["mode"], c["w"], q_norm), expected, dtype=impl.dtype,
                  what="L_BC - sum_i eta Q_i / mean|q_norm_i|", **_policy_vars(c, eh, lip, bc, q, eta, norm))
     assert_close(clause_id, loss(*base, q, 0.0, c["mode"], c["w"]), bc, dtype=impl.dtype, what="eta = 0: L_BC",
                  **_policy_vars(c, eh, lip, bc, q, 0.0))
+
+
+class _Constant:
+    """An agent network returning the fixed vector c_i whatever x and k (Lipschitz constant 0)."""
+
+    def __init__(self, c_i: F) -> None:
+        self.c_i = c_i
+
+    def __call__(self, x: F, k: Any) -> F:
+        return np.broadcast_to(self.c_i, _f64(x).shape).copy()
+
+    def __repr__(self) -> str:
+        return f"_Constant({self.c_i.tolist()})"
+
+
+@clause("dof.policy_loss", "constant_networks")
+@given(case=_train_case(), eta=finite(0.0, 5.0), data=st.data(), explicit=st.booleans())
+def test_policy_constant_networks(impl: Any, clause_id: str, case: dict[str, Any], eta: float, data: st.DataObject,
+                                  explicit: bool) -> None:
+    c = _rounded(impl, case)
+    B, N, d = c["eps"].shape
+    cons = round_to(impl.dtype, data.draw(hnp.arrays(np.float64, (N, d), elements=finite(-2.0, 2.0))))
+    nets = [_Constant(cons[i]) for i in range(N)]
+    q = round_to(impl.dtype, data.draw(_q_draw(B, N)))
+    q_norm = round_to(impl.dtype, data.draw(_q_draw(data.draw(st.integers(1, 4)), N))) if explicit else None
+    norm = np.mean(np.abs(q if q_norm is None else q_norm), axis=0)
+    w = _weights(c["mode"], c["w"], N)
+    # f(eps) - f(c) = w_i (eps_i - c_i) block by block, whatever x^k is: no schedule, no chain.
+    bc = np.sum(w[None, :, None] ** 2 * (c["eps"] - cons[None]) ** 2, axis=(1, 2))
+    want = bc - np.sum(eta * q / norm, axis=1)
+    got = need(impl, clause_id)(c["x0"], c["k"], c["eps"], nets, c["b"], q, eta, c["mode"], c["w"], q_norm)
+    eh = np.broadcast_to(cons[None], (B, N, d))
+    assert_close(clause_id, got, want, dtype=impl.dtype,
+                 what="constant networks: sum_i w_i^2 ||eps_i - c_i||^2 - eta sum_i Q_i / mean|Q'_i|",
+                 **_policy_vars(c, eh, 0.0, bc, q, eta, None if q_norm is None else norm),
+                 inputs={"mode": c["mode"], "q_norm given": explicit})
 
 
 @clause("dof.policy_loss", "q_scale_invariant")
@@ -903,7 +946,7 @@ def test_planner_reduces_to_train_step(impl: Any, clause_id: str, case: dict[str
     drop = data.draw(hnp.arrays(np.int64, (B,), elements=st.integers(0, 1)))
     base = (c["x0"], c["k"], c["eps"])
     got = need(impl, clause_id)(*base, [_IgnoreCond(a) for a in nets], c["b"], y, drop, c["mode"], c["w"])
-    expected = _f64(need(impl, "dof.train_step")(*base, nets, c["b"], c["mode"], c["w"]))
+    expected = ref.train_step(*base, nets, c["b"], c["mode"], c["w"])  # the float64 reference
     _, eh, _ = _per_agent(c, nets)
     assert_close(clause_id, got, expected, dtype=impl.dtype, what="condition-free networks: dof.train_step",
                  **_tol_vars(c, _g(c, eh, max(a.lip for a in nets))))

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from diffrl_ref import spec
+from diffrl_ref.reference import ddim as ref_ddim
+from diffrl_ref.reference import ddpm as ref_ddpm
 from diffrl_ref.reference import edp as ref
 from diffrl_ref.suite import networks
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
@@ -23,8 +25,8 @@ from diffrl_ref.suite.gaussian_oracle import GaussianData
 from diffrl_ref.suite.strategies import betas, finite
 
 F = np.ndarray
-MISH_SLOPE = 1.1
-DEFAULT_CAP = {"awr": 20.0, "crr_exp": 20.0, "iql": 100.0}
+MISH_SLOPE = 1.1  # max |d/dx x tanh(softplus(x))| ~ 1.0998: Mish's Lipschitz constant, for the bound L
+DEFAULT_CAP = {"awr": 20.0, "crr_exp": 20.0, "iql": 100.0}  # the clause's default clips w_max (spec edp.weights)
 EXP_KINDS = ("awr", "crr_exp", "iql")
 
 
@@ -40,6 +42,7 @@ def _ab(b: F) -> F:
 
 
 def _snap(v: float) -> float:
+    """|v| < 1e-12 becomes 0 (keeps products of drawn values away from underflow; not a tolerance)."""
     return 0.0 if abs(v) < 1e-12 else v
 
 
@@ -143,9 +146,9 @@ def test_action_approx_ddim_jump(impl: Any, clause_id: str, c: dict[str, Any]) -
     B = x.shape[0]
     r = _roots(b, c["k"], B)
     k0 = np.zeros_like(np.asarray(c["k"])) if np.ndim(c["k"]) else 0
-    jump = need(impl, "ddim.step")(x, e, b, c["k"], k0, 0.0, np.zeros_like(x))
-    assert_close(clause_id, need(impl, clause_id)(x, e, b, c["k"]), _f64(jump), dtype=impl.dtype,
-                 what="a0_hat = ddim.step(k -> 0, eta = 0)", K=b.size, xk=x, e=e, **r, inputs={"k": c["k"]})
+    jump = ref_ddim.step(x, e, b, c["k"], k0, 0.0, np.zeros_like(x))  # the float64 reference's DDIM step
+    assert_close(clause_id, need(impl, clause_id)(x, e, b, c["k"]), jump, dtype=impl.dtype,
+                 what="a0_hat = reference ddim.step(k -> 0, eta = 0)", K=b.size, xk=x, e=e, **r, inputs={"k": c["k"]})
 
 
 @clause("edp.action_approx", "matches_reference")
@@ -211,10 +214,10 @@ def test_weighted_elbo_equals_vlb(impl: Any, clause_id: str, c: dict[str, Any]) 
     net, L = _policy_net(c["seed"], da, s.shape[1])
     steps = _steps(c["k"], B)
     abk = _ab(b)[steps][:, None]
-    e_hat = round_to(impl.dtype, net(np.sqrt(abk) * a + np.sqrt(1.0 - abk) * e, steps, s))
-    want = _f64(need(impl, "ddpm.simple_loss")(e, e_hat, b, c["k"], "vlb", "beta"))
+    e_hat = net(np.sqrt(abk) * a + np.sqrt(1.0 - abk) * e, steps, s)
+    want = ref_ddpm.simple_loss(e, e_hat, b, c["k"], "vlb", "beta")  # the float64 reference's VLB weighting
     assert_close(clause_id, need(impl, clause_id)(a, s, net, b, c["k"], e), want, dtype=impl.dtype,
-                 what="= ddpm.simple_loss(vlb, sigma^2 = beta)", K=b.size, d=da, u=_u(a, e, e_hat, L),
+                 what="= reference ddpm.simple_loss(vlb, sigma^2 = beta)", K=b.size, d=da, u=_u(a, e, e_hat, L),
                  **_weight_vars(b, c["k"], B), inputs={"k": c["k"]})
 
 
@@ -332,6 +335,8 @@ def test_weights_clip_limits(impl: Any, clause_id: str, c: dict[str, Any]) -> No
     cap = DEFAULT_CAP[c["kind"]]
     x, scale = _exponent(q, v, c["kind"], c["T"])
     w = _f64(need(impl, clause_id)(q, v, c["kind"], c["T"]))
+    # The rule's relative error of f, 4 eps (4 + scale), is an absolute error of the computed
+    # exponent (exp maps one to the other): farther than that from log(w_max) the clip cannot flip.
     margin = 4 * spec.EPS[impl.dtype] * (4 + scale)
     above, below = x > np.log(cap) + margin, x < np.log(cap) - margin
     assert_that(bool(np.all(w[above] == cap)), clause_id,
@@ -392,9 +397,9 @@ def test_policy_objective_composition(impl: Any, clause_id: str, c: dict[str, An
     steps = _steps(c["k"], B)
     abk = _ab(b)[steps][:, None]
     e_hat = net(np.sqrt(abk) * a + np.sqrt(1.0 - abk) * e, steps, s)
-    want = -f * _f64(need(impl, "edp.weighted_elbo")(a, s, net, b, c["k"], e))
+    want = -f * ref.weighted_elbo(a, s, net, b, c["k"], e)  # the float64 reference's ELBO
     assert_close(clause_id, need(impl, clause_id)(a, s, net, b, c["k"], e, f), want, dtype=impl.dtype,
-                 what="J = -f weighted_elbo", K=b.size, d=da, **_objective_vars(b, c["k"], a, e, e_hat, L, f),
+                 what="J = -f reference weighted_elbo", K=b.size, d=da, **_objective_vars(b, c["k"], a, e, e_hat, L, f),
                  inputs={"k": c["k"], "f": f})
 
 

@@ -3,8 +3,9 @@
 Oracles: the joint network itself at the two guidance endpoints (a network that couples the
 agents); per-agent linear dynamics o' = A_i o + G_i a with G_i of full column rank, whose
 least-squares inverse models recover every agent's actions exactly; perturbing the other
-agents' slices (decentralised execution); and, with N = 1, the implementation's own Decision
-Diffuser clauses. The reference is only the oracle of matches_reference.
+agents' slices (decentralised execution). Where a property relates a clause to another
+(N = 1 against the Decision Diffuser, one agent's action against the joint inverse dynamics),
+the other clause is the float64 reference's, so a failure lands on the clause under test.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
+from diffrl_ref.reference import decision_diffuser as ref_dd
 from diffrl_ref.reference import madiff as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
@@ -37,6 +39,7 @@ def _f64(x: Any) -> F:
 
 
 def _snap(v: float) -> float:
+    """|v| < 1e-12 becomes 0 (keeps products of drawn values away from underflow; not a tolerance)."""
     return 0.0 if abs(v) < 1e-12 else v
 
 
@@ -134,11 +137,10 @@ def test_guided_eps_single_agent(impl: Any, clause_id: str, case: dict[str, Any]
         return eps_fn(_f64(s)[:, None], kk, c)[:, 0]
 
     got = _f64(need(impl, clause_id)(x, k, y, eps_fn, omega, y_null))
-    want = _f64(need(impl, "decision_diffuser.guided_eps")(x[:, 0], k, y, dd_net, omega, y_null))
+    want = ref_dd.guided_eps(x[:, 0], k, y, dd_net, omega, y_null)  # the float64 reference's Decision Diffuser
     assert_that(got.shape == x.shape, clause_id, f"shape {got.shape}, expected {x.shape}")
-    assert_close(clause_id, got[:, 0], want, dtype=impl.dtype, what="N = 1: decision_diffuser.guided_eps",
-                 eps_uncond=eu[:, 0], eps_cond=ec[:, 0], omega=omega,
-                 oracle=(1 + omega) * (np.abs(eu[:, 0]) + np.abs(ec[:, 0])), inputs={"omega": omega})
+    assert_close(clause_id, got[:, 0], want, dtype=impl.dtype, what="N = 1: reference decision_diffuser.guided_eps",
+                 eps_uncond=eu[:, 0], eps_cond=ec[:, 0], omega=omega, oracle=0.0, inputs={"omega": omega})
 
 
 @clause("madiff.guided_eps", "matches_reference")
@@ -264,6 +266,7 @@ def test_inverse_dynamics_shared(impl: Any, clause_id: str, case: tuple[F, int, 
     fn = need(impl, clause_id)
     shared, listed = _f64(fn(x, f)), _f64(fn(x, [f] * x.shape[1]))
     assert_that(shared.shape == listed.shape, clause_id, f"shapes {shared.shape} (shared) and {listed.shape} (list)")
+    # Both sides are the implementation's, each within the rule of the exact value: spread doubled.
     assert_close(clause_id, shared, listed, dtype=impl.dtype, what="one shared model = [f] * N", n=x.shape[3],
                  spread=2 * np.stack([spread(x[:, i, :-1], x[:, i, 1:]) for i in range(x.shape[1])], axis=1))
 
@@ -275,11 +278,11 @@ def test_inverse_dynamics_single_agent(impl: Any, clause_id: str, case: tuple[F,
     x = round_to(impl.dtype, x)
     f, spread = _affine_inv(seed, x.shape[3], da)
     got = _f64(need(impl, clause_id)(x, [f]))
-    want = _f64(need(impl, "decision_diffuser.inverse_dynamics")(x[:, 0], f))
+    want = ref_dd.inverse_dynamics(x[:, 0], f)  # the float64 reference's Decision Diffuser
     assert_that(got.shape[:2] == (x.shape[0], 1), clause_id, f"shape {got.shape}, expected (B, 1, H-1, da)")
-    assert_close(clause_id, got[:, 0], want, dtype=impl.dtype, what="N = 1: decision_diffuser.inverse_dynamics",
-                 n=x.shape[3],
-                 spread=2 * spread(x[:, 0, :-1], x[:, 0, 1:]))
+    assert_close(clause_id, got[:, 0], want, dtype=impl.dtype,
+                 what="N = 1: reference decision_diffuser.inverse_dynamics", n=x.shape[3],
+                 spread=spread(x[:, 0, :-1], x[:, 0, 1:]))
 
 
 @clause("madiff.inverse_dynamics", "matches_reference")
@@ -350,10 +353,10 @@ def test_decentral_equals_joint(impl: Any, clause_id: str, case: dict[str, Any])
     x, i, t = round_to(impl.dtype, case["x"]), case["i"], case["t"]
     f, spread = _affine_inv(case["seed"], x.shape[3], case["da"])
     got = _f64(need(impl, clause_id)(x, i, f, t))
-    joint = _f64(need(impl, "madiff.inverse_dynamics")(x, f))
-    assert_close(clause_id, got, joint[:, i, t], dtype=impl.dtype, what="a_i = inverse_dynamics(x0, f)[:, i, t]",
-                 n=x.shape[3],
-                 spread=2 * spread(x[:, i, t], x[:, i, t + 1]), inputs={"agent": i, "t": t})
+    joint = ref.inverse_dynamics(x, f)  # the float64 reference's joint inverse dynamics
+    assert_close(clause_id, got, joint[:, i, t], dtype=impl.dtype,
+                 what="a_i = reference inverse_dynamics(x0, f)[:, i, t]", n=x.shape[3],
+                 spread=spread(x[:, i, t], x[:, i, t + 1]), inputs={"agent": i, "t": t})
 
 
 @clause("madiff.decentralised_action", "recovers_linear_dynamics")
@@ -375,10 +378,10 @@ def test_decentral_single_agent(impl: Any, clause_id: str, case: dict[str, Any])
     x, t = round_to(impl.dtype, case["x"]), case["t"]
     f, spread = _affine_inv(case["seed"], x.shape[3], case["da"])
     got = _f64(need(impl, clause_id)(x, 0, f, t))
-    want = _f64(need(impl, "decision_diffuser.inverse_dynamics")(x[:, 0], f))[:, t]
+    want = ref_dd.inverse_dynamics(x[:, 0], f)[:, t]  # the float64 reference's Decision Diffuser
     assert_close(clause_id, got, want, dtype=impl.dtype, n=x.shape[3],
-                 what="N = 1: decision_diffuser.inverse_dynamics(x0[:, 0])[:, t]",
-                 spread=2 * spread(x[:, 0, t], x[:, 0, t + 1]), inputs={"t": t})
+                 what="N = 1: reference decision_diffuser.inverse_dynamics(x0[:, 0])[:, t]",
+                 spread=spread(x[:, 0, t], x[:, 0, t + 1]), inputs={"t": t})
 
 
 @clause("madiff.decentralised_action", "matches_reference")

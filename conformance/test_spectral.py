@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from diffrl_ref.reference import spectral as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, need, round_to
 from diffrl_ref.suite.clause import clause
-from diffrl_ref.suite.strategies import finite
+from diffrl_ref.suite.strategies import BELOW_ONE, finite
 
 F = np.ndarray
 
@@ -28,9 +28,17 @@ def _f64(x: Any) -> F:
     return np.asarray(x, dtype=np.float64)
 
 
+#: Drawn magnitudes below this become 0. The rules are relative, and a product that underflows
+#: carries an absolute error they do not cover: gamma phi mu v, the longest product of drawn values,
+#: is then 0 or >= 1e-36, above 2^-126 = 1.2e-38, the smallest normal float32 and bfloat16 (the rule,
+#: >= 16 eps 1e-36, then also covers the <= 2^-134 half-spacing of each of the k N + k + 2 operations
+#: of a sum whose cancellation ends in the subnormal range). 1e-12 (finite()'s flush) let
+#: gamma phi mu v = 1e-48 underflow to 0 in float32.
+TINY = 1e-9
+
+
 def _snap(v: float) -> float:
-    """|v| < 1e-12 becomes 0 (no subnormal products; the rules are relative to the data)."""
-    return 0.0 if abs(v) < 1e-12 else v
+    return 0.0 if abs(v) < TINY else v
 
 
 def _arr(shape: tuple[int, ...], lo: float, hi: float) -> st.SearchStrategy[F]:
@@ -43,12 +51,13 @@ def _mdp(draw: st.DrawFn, max_S: int = 4, max_A: int = 3) -> dict[str, Any]:
     S = draw(st.integers(2, max_S))
     A = draw(st.integers(1, max_A))
     raw = draw(_arr((S * A, S), 0.0, 1.0))
+    # One entry of each row raised by 0.1: every row sum is >= 0.1, so normalising never divides by ~0.
     raw[np.arange(S * A), draw(st.lists(st.integers(0, S - 1), min_size=S * A, max_size=S * A))] += 0.1
     P = raw / raw.sum(axis=1, keepdims=True)
     pi_raw = draw(_arr((S, A), 0.05, 1.0))
     pi = pi_raw / pi_raw.sum(axis=1, keepdims=True)
     r = draw(_arr((S * A,), -1.0, 1.0))
-    gamma = draw(finite(0.0, 0.95))
+    gamma = _snap(draw(finite(0.0, 0.95)))
     return {"S": S, "A": A, "P": P, "r": r, "pi": pi, "gamma": gamma}
 
 
@@ -192,7 +201,7 @@ def _q_case(draw: st.DrawFn) -> tuple[Any, ...]:
     phi, mu = draw(_features())
     r = draw(_arr((phi.shape[0],), -10.0, 10.0))
     v = draw(_arr((mu.shape[0],), -10.0, 10.0))
-    return r, phi, mu, v, draw(finite(0.0, 0.999))
+    return r, phi, mu, v, _snap(draw(finite(0.0, BELOW_ONE)))
 
 
 @clause("spectral.q_function", "matches_reference")

@@ -7,6 +7,7 @@ output, so a clause cannot change without its page changing with it.
 from __future__ import annotations
 
 import importlib.resources
+import re
 from pathlib import Path
 
 from . import spec
@@ -37,14 +38,91 @@ def _esc(text: str) -> str:
     return text
 
 
+# ``code`` in spec text is an inline literal, as in reStructuredText (the spec cites clause IDs and
+# argument names that way); everything else is plain text.
+_LITERAL = re.compile(r"``(\S(?:[^`]*?\S)?)``")
+
+
+def _inline(text: str) -> str:
+    """Escape plain text, keeping ``literal`` spans. An escaped space (which renders as nothing) sets a
+    literal off from a character other than whitespace, where reStructuredText needs a boundary."""
+    out, pos = [], 0
+    for m in _LITERAL.finditer(text):
+        before = text[pos:m.start()]
+        out.append(_esc(before))
+        if m.start() and not text[m.start() - 1].isspace():
+            out.append("\\ ")
+        out.append(m.group(0))
+        if m.end() < len(text) and not text[m.end()].isspace():
+            out.append("\\ ")
+        pos = m.end()
+    out.append(_esc(text[pos:]))
+    return "".join(out)
+
+
 def _para(text: str) -> str:
     """One escaped paragraph (spec statements are prose; their line breaks carry no meaning)."""
-    return _esc(" ".join(text.split()))
+    return _inline(" ".join(text.split()))
 
 
-def _pre(text: str) -> str:
-    """A preformatted block: derivations and notes keep their own layout."""
-    return ".. code-block:: text\n\n" + _indent(text) + "\n"
+def _indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+_ITEM = re.compile(r"[-*] ")
+# An indented line starting with an operator continues the formula of the sentence above it.
+_CONTINUATION = re.compile(r"[-+*/=<>] ")
+
+
+def _prose(text: str) -> str:
+    """Notes and derivations as reStructuredText prose.
+
+    Blank lines separate paragraphs and line breaks inside a paragraph carry no meaning. A line
+    starting with "- " or "* " at the start of a paragraph, after a line ending with a colon or after
+    another item begins a list item (the lines after it continue it up to the next item or blank
+    line). An indented line set off from its sentence (``scale = ...``) is a formula: consecutive
+    ones become a preformatted block that keeps their alignment and wraps (class ``formula``, see
+    docs/_static/custom.css), never a horizontally scrolling one.
+    """
+    lines = text.strip("\n").splitlines()
+    base = min((_indent_of(ln) for ln in lines if ln.strip()), default=0)
+    blocks: list[str] = []
+    for chunk in re.split(r"\n\s*\n", "\n".join(lines)):
+        groups: list[tuple[str, list[str]]] = []  # (kind, lines), kind in para / item / formula
+        prev = ""
+        for ln in chunk.splitlines():
+            body, indented = ln.strip(), _indent_of(ln) > base
+            kind = groups[-1][0] if groups else ""
+            # A list starts a paragraph or follows a colon: "1\n- ab_k" wrapped mid-formula is no list.
+            starts_list = kind in ("", "item") or prev.endswith(":")
+            prev = body
+            if not indented and starts_list and _ITEM.match(body):
+                groups.append(("item", [body[2:]]))
+            elif kind == "item":
+                groups[-1][1].append(body)
+            elif indented and kind == "formula":
+                groups[-1][1].append(ln)
+            elif indented and not (kind == "para" and _CONTINUATION.match(body)):
+                groups.append(("formula", [ln]))
+            elif kind == "para":
+                groups[-1][1].append(body)
+            else:
+                groups.append(("para", [body]))
+        for i, (kind, group) in enumerate(groups):
+            if kind == "para":
+                blocks.append(_para(" ".join(group)))
+            elif kind == "item":
+                # Consecutive items form one list: no blank line between them.
+                item = "- " + _para(" ".join(group))
+                if i and groups[i - 1][0] == "item":
+                    blocks[-1] += "\n" + item
+                else:
+                    blocks.append(item)
+            else:
+                pad = min(_indent_of(ln) for ln in group)
+                blocks.append(".. code-block:: text\n   :class: formula\n\n"
+                              + _indent("\n".join(ln[pad:].rstrip() for ln in group)))
+    return "\n\n".join(blocks) + "\n"
 
 
 def _heading(text: str, ch: str) -> str:
@@ -74,9 +152,9 @@ def clause_page(c: spec.Clause, tests: dict[str, list[str]]) -> str:
             f"- Equation: {_para(c.source.equation)}",
             f"- Source deck: {_para(c.source.deck)}"]
     if c.source.note:
-        out += ["", _pre(c.source.note)]
+        out += ["", _prose(c.source.note)]
     if c.notes:
-        out += ["", _heading("Notes", "-"), _pre(c.notes)]
+        out += ["", _heading("Notes", "-"), _prose(c.notes)]
     out += ["", _heading("Properties checked", "-")]
     for p in c.properties:
         out.append(f"``{p.name}``")
@@ -88,7 +166,7 @@ def clause_page(c: spec.Clause, tests: dict[str, list[str]]) -> str:
         out.append("")
     out += [_heading("Tolerance rule", "-"),
             "Absolute tolerance per entry, with ``eps`` the unit roundoff of the implementation's dtype:", "",
-            f"``atol = {c.tolerance.expr}``", "", _pre(c.tolerance.derivation), "",
+            f"``atol = {c.tolerance.expr}``", "", _prose(c.tolerance.derivation), "",
             _heading("Reference signature", "-"),
             f".. autofunction:: {c.reference_name}", "   :no-index:", ""]
     return "\n".join(out)

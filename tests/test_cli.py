@@ -112,10 +112,81 @@ def test_conform_deviations_and_stale_warning(tmp_path: Path) -> None:
     assert r.returncode == 0
 
 
-def test_selftest_family() -> None:
-    r = run("selftest", "--family", "schedule")
+def test_selftest_family(tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    r = run("selftest", "--family", "schedule", "--target", "reference", "--json", str(out))
     assert r.returncode == 0, r.stdout
-    assert "caught on the right clause: " in r.stdout and "(100.0%)" in r.stdout
+    assert "caught on their own clause: " in r.stdout and "(100.0%)" in r.stdout
+    rep = json.loads(out.read_text())
+    assert rep["mutants"] == len(rep["bugs"]) > 0 and rep["by_target"]["fast"] == 0
+    for bug in rep["bugs"]:
+        assert bug["status"] == "caught" and bug["clause"] in bug["failed_clauses"], bug
+
+
+def test_module_entry_point_from_the_repository_root() -> None:
+    """The README's main command, ``python3 -m diffrl_ref conform``, run from the root of a checkout.
+
+    There ``python3 -m`` puts the root first on sys.path, so the source folder diffrl_ref/ shadows
+    the installed package; the wheel-only subpackage diffrl_ref.conformance must still be found.
+    """
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "diffrl_ref", "conform", "-k", "alpha_bar_boundary"],
+                       capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ModuleNotFoundError" not in r.stderr
+    import re
+
+    assert re.search(r"^  boundary\s+pass", r.stdout, flags=re.M), r.stdout[-3000:]
+
+
+def test_not_checked_property_makes_the_clause_incomplete(tmp_path: Path) -> None:
+    """A skipped check is not a pass: the property is not-checked, the clause incomplete, the exit status 1."""
+    out = tmp_path / "r.json"
+    r = run("conform", "--impl", "user_adapter:unchecked", "-k", "alpha_bar", "--report", str(out))
+    assert r.returncode == 1, r.stdout[-3000:]
+    rep = json.loads(out.read_text())
+    c = next(c for c in rep["clauses"] if c["id"] == "schedule.alpha_bar")
+    assert c["status"] == "incomplete" and rep["summary"]["incomplete"] == 1
+    props = {p["name"]: p for p in c["properties"]}
+    assert props["boundary"]["status"] == "not-checked"
+    assert "could not check this" in props["boundary"]["reason"]
+    assert "INCOMPLETE: 1 clause(s)" in r.stdout
+    r = run("conform", "--impl", "user_adapter:unchecked", "-k", "alpha_bar", "--allow-incomplete")
+    assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_per_property_statuses_in_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = run("conform", "--impl", "user_adapter:broken", "-k", "alpha_bar", "--report", str(out))
+    rep = json.loads(out.read_text())
+    c = next(c for c in rep["clauses"] if c["id"] == "schedule.alpha_bar")
+    props = {p["name"]: p for p in c["properties"]}
+    assert set(props) == {"boundary", "ratio", "monotone", "rejects_out_of_domain", "matches_reference"}
+    assert props["ratio"]["status"] == "fail" and props["ratio"]["worst_error_ratio"] > 1
+    assert props["ratio"]["reason"].startswith("schedule.alpha_bar")
+    assert rep["property_summary"]["fail"] >= 1 and "statistical_checks" in rep
+    assert r.returncode == 1
+
+
+def test_a_deviation_hides_only_the_failure_it_describes(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = run("conform", "--impl", "user_adapter:broken", "-k", "alpha_bar_ratio",
+            "--deviations", str(FIXTURES / "other_failure_deviations.yaml"), "--report", str(out))
+    assert r.returncode == 1, r.stdout[-3000:]
+    rep = json.loads(out.read_text())
+    c = next(c for c in rep["clauses"] if c["id"] == "schedule.alpha_bar")
+    assert c["status"] == "fail"
+    assert "this is another failure" in c["failures"][0]["detail"][-1]
+
+
+def test_a_deviation_must_name_its_property_and_failure(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deviations:\n  - {clause: schedule.alpha_bar, property: ratio, category: bug, reason: r}\n")
+    r = run("conform", "--impl", "user_adapter:broken", "--deviations", str(bad))
+    assert r.returncode == 2 and "give the expected failure" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    bad.write_text("deviations:\n  - {clause: schedule.alpha_bar, category: bug, reason: r, expect: x}\n")
+    r = run("conform", "--impl", "user_adapter:broken", "--deviations", str(bad))
+    assert r.returncode == 2 and "missing 'property'" in r.stderr
 
 
 def test_docs_bad_out() -> None:
@@ -137,7 +208,9 @@ def test_plain_pytest_with_environment_variable() -> None:
     assert "user-float32-schedules 0.0.1  dtype=float32" in r.stdout
     import re
 
-    assert re.search(r"schedule\.alpha_bar\s+pass", r.stdout), r.stdout[-2000:]
+    # Filtered with -k: the clause is partial (its other properties not run), the selected one passed.
+    assert re.search(r"schedule\.alpha_bar\s+partial", r.stdout), r.stdout[-2000:]
+    assert re.search(r"^  boundary\s+pass", r.stdout, flags=re.M), r.stdout[-2000:]
 
 
 def test_bench_small_run_writes_json_table_and_plot(tmp_path: Path) -> None:
@@ -175,12 +248,17 @@ def test_deviation_scoped_to_a_dtype_applies_only_to_that_dtype(tmp_path: Path) 
     """fast.yaml's bfloat16 entries must neither hide float32 failures nor be reported stale there."""
     from types import SimpleNamespace
 
-    from diffrl_ref.suite.report import load_deviations
+    import yaml
 
-    for dtype, n in (("float32", 0), ("float64", 0), ("bfloat16", 31)):
+    from diffrl_ref.suite.report import deviations_dir, load_deviations
+
+    entries = yaml.safe_load((deviations_dir() / "fast.yaml").read_text())["deviations"]
+    assert entries and all(e.get("dtype") == "bfloat16" for e in entries)
+    for dtype, n in (("float32", 0), ("float64", 0), ("bfloat16", len(entries))):
         devs = load_deviations(SimpleNamespace(name="fast", dtype=dtype, device="cpu"), None)
         assert len(devs) == n, (dtype, len(devs))
     bad = tmp_path / "bad.yaml"
-    bad.write_text("deviations:\n  - {clause: ddpm.noise, category: bug, reason: r, dtype: float8}\n")
+    bad.write_text("deviations:\n  - {clause: ddpm.noise, property: distribution, category: bug, reason: r, "
+                   "expect: x, dtype: float8}\n")
     with pytest.raises(ValueError, match="dtype must be among"):
         load_deviations(SimpleNamespace(name="x", dtype="float32", device="cpu"), str(bad))

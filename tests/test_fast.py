@@ -6,18 +6,21 @@ from __future__ import annotations
 import ast
 import math
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
-from diffrl_ref import fast
+from diffrl_ref import fast, spec
 from diffrl_ref.fast import ddim, ddpm, diffusion_ql, dpm_solver, unchecked
 from diffrl_ref.fast.nets import DiffusionQLNet
 from diffrl_ref.fast.schedule import Schedule
 
-EPS32 = torch.finfo(torch.float32).eps
+# Machine epsilons (2^-52, 2^-23, 2^-7): one correctly rounded operation errs by at most half of one.
+EPS64, EPS32, EPS_BF16 = spec.EPS["float64"], spec.EPS["float32"], spec.EPS["bfloat16"]
 FAST = Path(fast.__file__).parent
 
 
@@ -34,6 +37,28 @@ def _net(seed: int = 0, d: int = 3, ds: int = 4) -> tuple[DiffusionQLNet, Tensor
     return DiffusionQLNet(ds, d, hidden=32).double(), torch.randn(5, ds, dtype=torch.float64)
 
 
+def _recorded(eps_fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[Callable[[Tensor, Tensor], Tensor],
+                                                                    list[tuple[Tensor, Tensor, Tensor]]]:
+    """eps_fn that records each call (x, k, eps_hat): a sampler's state before every step."""
+    calls: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def fn(x: Tensor, k: Tensor) -> Tensor:
+        e = eps_fn(x, k)
+        calls.append((x.detach().clone(), k.clone(), e.detach().clone()))
+        return e
+
+    return fn, calls
+
+
+def _within(clause_id: str, got: Tensor, want: Tensor, atol: Tensor | np.ndarray, what: str) -> None:
+    """|got - want| <= atol entrywise; the message names the clause and the worst entry."""
+    err = (got - want).abs().detach().numpy()
+    bound = np.broadcast_to(np.asarray(atol, dtype=np.float64), err.shape)
+    worst = np.unravel_index(int(np.argmax(err - bound)), err.shape)
+    assert (err <= bound).all(), (f"{clause_id} [{what}]: error {err[worst]:.3g} > bound {bound[worst]:.3g} "
+                                  f"at {tuple(int(i) for i in worst)}")
+
+
 def test_production_path_never_imports_the_reference() -> None:
     """The reference is an independent oracle only if the fast path shares none of its code."""
     for path in FAST.glob("*.py"):
@@ -48,13 +73,52 @@ def test_production_path_never_imports_the_reference() -> None:
                 assert "reference" not in n and "suite" not in n and not n.startswith(".."), f"{path.name}: {n}"
 
 
+def test_networks_match_diffusion_ql() -> None:
+    """fast.nets implements no clause; its time embedding and layer shapes are checked here against
+    Diffusion-QL's agents/model.py (16-wide sinusoidal embedding, 2-layer Mish MLP, 3 x 256 Mish)."""
+    from diffrl_ref.fast.nets import SinusoidalEmbedding
+
+    emb = SinusoidalEmbedding(16)
+    j = torch.arange(8, dtype=torch.float64)
+    w = torch.exp(-j * math.log(10000.0) / 7)  # 10000^(-j / (dim/2 - 1)), float64
+    # float32 freqs: exp of j * c with c and the product rounded (argument error <= log(10000) EPS32), plus 1 ulp
+    _within("fast.nets", emb.freqs.double(), w, ((math.log(10000.0) + 1) * EPS32 * w).numpy(), "frequencies")
+    k = torch.tensor([1, 7, 100, 1000])
+    angle = k.double().unsqueeze(-1) * emb.freqs.double()
+    want = torch.cat([angle.sin(), angle.cos()], dim=-1)
+    # the float32 angle k w rounds once (|k w| EPS32 / 2 absolute), float32 sin and cos add about 1 ulp of 1
+    _within("fast.nets", emb(k).double(), want, (angle.abs() * EPS32 / 2 + EPS32).repeat(1, 2).numpy(), "embedding")
+    net = DiffusionQLNet(state_dim=11, action_dim=3)
+    shapes = [tuple(p.shape) for p in net.parameters()]
+    assert shapes == [(32, 16), (32,), (16, 32), (16,), (256, 3 + 16 + 11), (256,), (256, 256), (256,),
+                      (256, 256), (256,), (3, 256), (3,)], shapes
+    assert [type(m).__name__ for m in net.mid] == ["Linear", "Mish"] * 3
+
+
 def test_schedule_tables_are_float64_accurate() -> None:
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    """A float32 table entry is the exact value rounded once, not a float32 cumulative product's k roundings."""
+    K = 1000
+    betas = torch.linspace(1e-4, 0.02, K, dtype=torch.float64)
     s = Schedule.from_betas(betas, dtype=torch.float32)
-    ab64 = torch.cumprod(1 - betas, 0)
-    # one rounding per entry, not a float32 cumulative product's K roundings
-    assert torch.allclose(s.alpha_bar[1:].double(), ab64, rtol=EPS32, atol=0)
-    assert torch.allclose(s.one_minus_alpha_bar[1:].double(), 1 - ab64, rtol=2 * EPS32, atol=0)
+    # Exact oracle: the betas are binary floats, so prod_{i<=k} (1 - beta_i) is an exact rational number.
+    ab_exact, prod = [], Fraction(1)
+    for b in betas.tolist():
+        prod *= 1 - Fraction(b)
+        ab_exact.append(prod)
+    ab = torch.tensor([float(v) for v in ab_exact], dtype=torch.float64)  # float() rounds correctly
+    one_minus = torch.tensor([float(1 - v) for v in ab_exact], dtype=torch.float64)
+    k = torch.arange(1, K + 1, dtype=torch.float64)
+    # Schedule forms log alpha_bar_k = cumsum(log1p(-beta)) in float64: k roundings of partial sums of the
+    # same sign, each at most 1 ulp of |log alpha_bar_k|, so delta_k <= (k + 1) EPS64 |log alpha_bar_k|. exp
+    # adds 1 ulp (EPS64); -expm1 gives 1 - alpha_bar_k with relative error alpha_bar delta_k / (1 - alpha_bar)
+    # + EPS64 <= (k + 2) EPS64 (since -a log a <= 1 - a). The oracle's float() adds EPS64 / 2, the cast to
+    # float32 EPS32 / 2. A float32 cumulative product exceeds this after a few steps.
+    delta = (k + 1) * EPS64 * torch.log(ab).abs()
+    rtol_ab = (1 + EPS32 / 2) * (1 + delta + 1.5 * EPS64) - 1
+    rtol_one_minus = (1 + EPS32 / 2) * (1 + (k + 2.5) * EPS64) - 1
+    _within("schedule.alpha_bar", s.alpha_bar[1:].double(), ab, (rtol_ab * ab).numpy(), "alpha_bar_k")
+    _within("schedule.alpha_bar", s.one_minus_alpha_bar[1:].double(), one_minus,
+            (rtol_one_minus * one_minus).numpy(), "1 - alpha_bar_k")
     assert s.alpha_bar[0] == 1 and s.beta_tilde[1] == 0
 
 
@@ -65,50 +129,100 @@ def test_schedule_rejects_bad_betas(betas: list[float], why: str) -> None:
         Schedule.from_betas(torch.tensor(betas, dtype=torch.float64))
 
 
+def _ddim_step_scale(x: Tensor, e: Tensor, z: Tensor, ab_k: float, ab_p: float, sig: float) -> Tensor:
+    """The rounding scale of one ddim.step k -> k_prev, as derived in spec/ddim.yaml (tolerance of ddim.step)."""
+    q, s = math.sqrt(ab_p / ab_k), math.sqrt(1 - ab_k)
+    room = 1 - ab_p - sig**2
+    c = math.sqrt(max(room, 0.0))
+    inv_c = 1 / c if room > 0 else 0.0  # terms with c = 0 or sigma = 0 dropped, as the derivation says
+    scale = q * (2 * x.abs() + s * e.abs() * (2 + 1 / (1 - ab_k))) + e.abs() * (c + (4 + 1 / (1 - ab_k)) * inv_c)
+    if sig > 0:
+        scale = scale + z.abs() * sig * (1 + 1 / (1 - ab_k / ab_p) + 1 / (1 - ab_p) + 1 / (1 - ab_k))
+    return scale
+
+
 def test_ddim_sampler_equals_chained_steps() -> None:
-    """The folded loop (two scalars per step) equals the clause ddim.step applied along tau."""
+    """Every step of the folded loop (two scalars per step) is the clause ddim.step along tau.
+
+    Compared step by step from the loop's own state, so the bound is one step's rounding (the
+    ddim.step rule in float64), not the network's amplification of earlier differences.
+    """
     net, s = _net()
-    sched = Schedule.linear(100, dtype=torch.float64)
-    tau = ddim.uniform_tau(100, 7)
+    K, eta = 100, 0.5
+    sched = Schedule.linear(K, dtype=torch.float64)
+    tau = ddim.uniform_tau(K, 7)
     x_K = torch.randn(5, 3, dtype=torch.float64)
     z = torch.randn(len(tau), 5, 3, dtype=torch.float64)
-    eps_fn = _eps(net, s)
-    got = ddim.DDIMSampler(sched, tau, eta=0.5)(x_K, eps_fn, z)
-    x = x_K
+    eps_fn, calls = _recorded(_eps(net, s))
+    got = ddim.DDIMSampler(sched, tau, eta=eta)(x_K, eps_fn, z)
+    states = [x for x, _, _ in calls] + [got]
+    assert len(calls) == len(tau) and torch.equal(states[0], x_K)
     prev = [0, *tau[:-1]]
-    for i in range(len(tau) - 1, -1, -1):
-        x = ddim.step(x, eps_fn(x, torch.full((5,), tau[i])), sched, tau[i], prev[i], 0.5, z[i])
-    assert torch.allclose(got, x, rtol=1e-12, atol=1e-12)
+    rule = spec.clause("ddim.step").tolerance
+    for j, i in enumerate(range(len(tau) - 1, -1, -1)):
+        x, k, e = calls[j]
+        assert torch.equal(k, torch.full((5,), tau[i])), (j, k)
+        want = ddim.step(x, e, sched, tau[i], prev[i], eta, z[i])
+        ab_k, ab_p = sched.ab64(tau[i]), sched.ab64(prev[i])
+        sig = eta * math.sqrt(sched.om64(prev[i]) / sched.om64(tau[i])) * math.sqrt(1 - ab_k / ab_p)
+        atol = rule.atol("float64", expected=want.abs().numpy(), K=K,
+                         scale=_ddim_step_scale(x, e, z[i], ab_k, ab_p, sig).numpy())
+        _within("ddim.sample", states[j + 1], want, atol, f"step {tau[i]} -> {prev[i]}")
 
 
 def test_ancestral_sampler_equals_chained_reverse_steps() -> None:
+    """Every step of the folded ancestral loop is the clause ddpm.reverse_step, within its float64 rule."""
     net, s = _net(1)
-    sched = Schedule.vp(8, dtype=torch.float64)
+    K = 8
+    sched = Schedule.vp(K, dtype=torch.float64)
     x_K = torch.randn(5, 3, dtype=torch.float64)
-    z = torch.randn(8, 5, 3, dtype=torch.float64)
-    eps_fn = _eps(net, s)
+    z = torch.randn(K, 5, 3, dtype=torch.float64)
+    rule = spec.clause("ddpm.reverse_step").tolerance
     for variance in ddpm.VARIANCES:
+        eps_fn, calls = _recorded(_eps(net, s))
         got = ddpm.AncestralSampler(sched, variance)(x_K, eps_fn, z)
-        x = x_K
-        for k in range(8, 0, -1):
-            x = ddpm.reverse_step(x, eps_fn(x, torch.full((5,), k)), sched, k, z[k - 1], variance)
-        assert torch.allclose(got, x, rtol=1e-12, atol=1e-12), variance
+        states = [x for x, _, _ in calls] + [got]
+        assert len(calls) == K and torch.equal(states[0], x_K)
+        for j, k in enumerate(range(K, 0, -1)):
+            x, kk, e = calls[j]
+            assert torch.equal(kk, torch.full((5,), k)), (j, kk)
+            want = ddpm.reverse_step(x, e, sched, k, z[k - 1], variance)
+            alpha_k = 1 - float(sched.betas64[k - 1])
+            gap = float(sched.one_minus_alpha_bar64[max(k - 1, 1)])
+            atol = rule.atol("float64", K=K, scale=((x.abs() + e.abs() + z[k - 1].abs()) / math.sqrt(alpha_k)).numpy(),
+                             gap=gap, extrap=0.0)
+            _within("ddpm.reverse_step", states[j + 1], want, atol, f"{variance}, step {k}")
 
 
 def test_dpm_solver_sampler_equals_pp_2m_on_the_schedule_levels() -> None:
     net, s = _net(2)
-    sched = Schedule.linear(200, dtype=torch.float64)
-    tau = ddim.uniform_tau(200, 6)
+    K = 200
+    sched = Schedule.linear(K, dtype=torch.float64)
+    tau = ddim.uniform_tau(K, 6)
     x_K = torch.randn(5, 3, dtype=torch.float64)
-    got = dpm_solver.DPMSolverSampler(sched, tau)(x_K, _eps(net, s))
+    eps_fn, calls = _recorded(_eps(net, s))
+    got = dpm_solver.DPMSolverSampler(sched, tau)(x_K, eps_fn)
     ks = list(reversed(tau))
     grid = [sched.ab64(k) for k in ks]
     level_to_k = dict(zip(grid, ks, strict=True))
     # pp_2m to the last noisy level, then the final first-order step onto alpha_bar = 1 is x0_hat
-    x = dpm_solver.pp_2m(x_K, lambda x, ab: net(x, torch.full((5,), level_to_k[ab]), s), grid)
+    eps_at, pp_calls = _recorded(lambda x, k: net(x, k, s))
+    x = dpm_solver.pp_2m(x_K, lambda x, ab: eps_at(x, torch.full((5,), level_to_k[ab])), grid)
+    # Up to the last noisy level both run PP2M's steps with the same coefficients: the same operations.
+    assert len(calls) == len(pp_calls) + 1
+    for (a, ka, _), (b, kb, _) in zip(calls, pp_calls, strict=False):
+        assert torch.equal(a, b) and torch.equal(ka, kb)
+    assert torch.equal(calls[-1][0], x)
     k1 = torch.full((5,), ks[-1])
-    x0 = ddpm.x0_from_eps(x, net(x, k1, s), sched, k1)
-    assert torch.allclose(got, x0, rtol=1e-10, atol=1e-10)
+    e = net(x, k1, s)
+    x0 = ddpm.x0_from_eps(x, e, sched, k1)
+    # The last step alone differs: x0 = x / alpha - (sigma / alpha) eps against ddpm.x0_from_eps, bounded by
+    # that clause's rule in float64.
+    ab = sched.ab64(ks[-1])
+    atol = spec.clause("ddpm.x0_from_eps").tolerance.atol(
+        "float64", expected=x0.detach().abs().numpy(), xk=x.detach().abs().numpy(), e=e.detach().abs().numpy(),
+        sqrt_ab=math.sqrt(ab), sqrt_1m_ab=math.sqrt(1 - ab), K=K)
+    _within("dpm_solver.pp_2m", got, x0, atol, "x0 at the last level")
 
 
 def assert_compiled_equals_eager(fn: Callable[[], Tensor]) -> None:
@@ -153,8 +267,11 @@ def test_training_loss_compiles_with_the_same_gradient() -> None:
     with unchecked():
         compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(),
                                        list(net.parameters()))
+    # aot_eager runs the traced forward and backward graphs with the eager aten kernels, in autograd's order on
+    # the same inputs, so no operation is rounded differently: the gradients agree bit for bit (as the forward
+    # passes do in assert_compiled_equals_eager). A difference means a changed graph, not rounding.
     for g, h in zip(eager, compiled, strict=True):
-        assert torch.allclose(g, h, rtol=1e-6, atol=1e-7)
+        assert torch.equal(g, h), float((g - h).abs().max())
 
 
 def test_bfloat16_sampling_tracks_float32() -> None:
@@ -173,8 +290,13 @@ def test_bfloat16_sampling_tracks_float32() -> None:
     scale = out[torch.float32].abs().max()
     err = (out[torch.bfloat16] - out[torch.float32]).abs().max()
     assert out[torch.bfloat16].dtype == torch.float32 and torch.isfinite(out[torch.bfloat16]).all()
-    # 5 steps x 4 layers of bfloat16 rounding (eps = 2^-7), each amplified by at most the data scale
-    assert err <= 40 * 2.0**-7 * scale, (float(err), float(scale))
+    # A budget of bfloat16 roundings (EPS_BF16 each) of values up to the data scale, to first order: per step
+    # the update x c_x + c_eps eps_hat rounds twice, and the network's output carries about one rounding per
+    # layer (4 linear, 3 Mish, the time embedding), damped by |c_eps| < 0.2: (2 + 0.2 x 8) x prod c_x (< 1.3
+    # on this schedule) < 5 per step. 8 per step leaves room for cancellation inside the layers, which makes
+    # their relative error exceed one rounding. Measured: 1.1 EPS_BF16 * scale in all.
+    steps, roundings_per_step = len(tau), 8
+    assert err <= steps * roundings_per_step * EPS_BF16 * scale, (float(err), float(scale))
 
 
 def test_value_checks_run_eagerly_and_are_skipped_when_unchecked() -> None:
@@ -213,7 +335,10 @@ def test_graph_capture_needs_cuda() -> None:
         s, x = torch.randn(1, 4, device="cuda"), torch.randn(1, 3, device="cuda")
         graph = CapturedSampler(lambda x0: sampler(x0, lambda a, k: net(a, k, s)), [x])
         with torch.no_grad():
-            assert torch.allclose(graph(x), sampler(x, lambda a, k: net(a, k, s)), atol=1e-6)
+            want = sampler(x, lambda a, k: net(a, k, s))
+            # Replay runs the captured float32 kernels; they may differ from the eager ones only in cuBLAS's
+            # summation order: the same budget of roundings per step as the bfloat16 test, in EPS32.
+            assert (graph(x) - want).abs().max() <= len(sampler.tau) * 8 * EPS32 * want.abs().max()
     else:
         with pytest.raises(ValueError, match="needs a CUDA device"):
             CapturedSampler(lambda x: x, [torch.zeros(1)])

@@ -16,8 +16,11 @@ NOT_IMPLEMENTED: list[str] = []
 #: Calls of the implementation that returned, in the current test (reset by the plugin).
 SUPPORTED_CALLS = [0]
 
-#: Largest error/allowed ratio and absolute error seen per clause in this process (for reports).
+#: Largest error/allowed ratio and absolute error seen per clause in this process.
 WORST: dict[str, dict[str, Any]] = {}
+#: The same, for the current test only (reset by the plugin at each test's setup): the report's
+#: per-property worst error ratio, and what a deviation's ``max_error_ratio`` is compared with.
+TEST_WORST: dict[str, dict[str, Any]] = {}
 
 
 class NotImplementedClause(Exception):
@@ -98,9 +101,10 @@ def _at(v: Any, index: tuple[int, ...], shape: tuple[int, ...]) -> str:
 
 
 def _record(clause_id: str, ratio: float, abs_err: float, what: str) -> None:
-    w = WORST.setdefault(clause_id, {"ratio": 0.0, "abs_error": 0.0, "what": what})
-    if ratio > w["ratio"]:
-        w.update(ratio=ratio, abs_error=abs_err, what=what)
+    for table in (WORST, TEST_WORST):
+        w = table.setdefault(clause_id, {"ratio": 0.0, "abs_error": 0.0, "what": what})
+        if ratio > w["ratio"]:
+            w.update(ratio=ratio, abs_error=abs_err, what=what)
     try:
         from hypothesis import target
 

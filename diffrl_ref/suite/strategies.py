@@ -7,6 +7,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
+#: The largest bfloat16 number below 1 (1 - 2^-8). Quantities whose domain ends below 1 (beta_k,
+#: max_beta, a discount gamma) are drawn up to it, so that they stay inside the domain after the
+#: suite rounds them to the implementation's dtype (0.999 would round to 1.0 in bfloat16).
+BELOW_ONE = 1.0 - 2.0**-8
+
 
 def finite(lo: float, hi: float) -> st.SearchStrategy[float]:
     """Finite floats in [lo, hi]; magnitudes below TINY are flushed to 0 when 0 lies in range.
@@ -47,7 +52,7 @@ def betas(
         b = 1 - np.exp(-bmin / K - 0.5 * (bmax - bmin) * (2 * k - 1) / K**2)
     else:
         b = np.asarray(draw(st.lists(finite(lo, hi), min_size=K, max_size=K)), dtype=np.float64)
-    b = np.clip(b, lo, 0.999)
+    b = np.clip(b, lo, BELOW_ONE)
     # Scale down until alpha_bar_K >= min_alpha_bar (keeps the domain well conditioned).
     while np.prod(1 - b) < min_alpha_bar:
         b = b * 0.5

@@ -23,6 +23,10 @@ class Mutant:
     caught_by: tuple[str, ...]
     description: str
     patch: Mapping[str, Callable[..., Any]]
+    #: The implementation the bug is planted in: ``"reference"`` (the float64 oracle) or
+    #: ``"fast"`` (the production path in float32 on cpu; patches take the adapter's NumPy
+    #: signature and usually wrap a buggy copy of a :mod:`diffrl_ref.fast` function).
+    target: str = "reference"
 
 
 def all_mutants() -> list[Mutant]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -162,6 +163,48 @@ _sample_consecutive = _checked(_sample_with(lambda t, i: t[i] - 1, lambda i, n: 
 _sample_noise_reversed = _checked(_sample_with(lambda t, i: t[i - 1] if i else 0, lambda i, n: n - 1 - i))
 
 
+def _sample_heun(x_K: ArrayLike, eps_fn: Callable[..., Any], betas: ArrayLike, tau: ArrayLike, eta: float,
+                 noises: ArrayLike) -> F:
+    # A second-order (Heun, as in EDM's sampler) update where the clause is DDIM's Euler step:
+    # eps_hat is averaged with the network's prediction at the Euler predictor (not on the last step).
+    ref.sample(x_K, lambda x, k: np.zeros_like(x), betas, tau, eta, noises)  # the domain checks only
+    t = [int(v) for v in np.asarray(tau).ravel()]
+    x = np.asarray(x_K, dtype=np.float64)
+    z = np.asarray(noises, dtype=np.float64)
+    B = x.shape[0]
+    for i in range(len(t) - 1, -1, -1):
+        k, kp = t[i], (t[i - 1] if i else 0)
+        e = np.asarray(eps_fn(x, np.full(B, k)), dtype=np.float64)
+        if kp > 0:
+            pred = ref.step(x, e, betas, k, kp, 0.0, z[i])
+            e = (e + np.asarray(eps_fn(pred, np.full(B, kp)), dtype=np.float64)) / 2
+        x = ref.step(x, e, betas, k, kp, eta, z[i])
+    return x
+
+
+def _fast_sample_variance_root(x_K: ArrayLike, eps_fn: Callable[..., Any], betas: ArrayLike, tau: ArrayLike,
+                               eta: float, noises: ArrayLike) -> Any:
+    # The production sampler (float32) with the deterministic part of each step taken as
+    # xbar_prev = xbar_k - sqrt(sigma_bar_k^2 - sigma_bar_prev^2) eps_hat, a root of a difference of
+    # variances (the VE ancestral noise scale) where the difference sigma_bar_prev - sigma_bar_k belongs.
+    from ...adapters.fast._bridge import Bridge
+    from ...fast import ddim as fast_ddim
+
+    cid = "ddim.sample"
+    br = Bridge("float32", "cpu")
+    sched = br.sched(betas, cid)
+    sampler = fast_ddim.DDIMSampler(sched, np.asarray(tau).tolist(), eta)
+    prev = [0, *sampler.tau[:-1]]
+    coef = []
+    for (k, c_x, c_eps, sig), kp in zip(sampler.coef, reversed(prev), strict=True):
+        ab_k, ab_p = sched.ab64(k), sched.ab64(kp)
+        sb_k, sb_p = math.sqrt(sched.om64(k) / ab_k), math.sqrt(sched.om64(kp) / ab_p)
+        c_eps += math.sqrt(ab_p) * ((sb_k - sb_p) - math.sqrt(sb_k**2 - sb_p**2))
+        coef.append((k, c_x, c_eps, sig))
+    sampler.coef = coef
+    return br.out(sampler(br.x(x_K, cid, "x_K"), br.net(eps_fn, cid, "eps_fn"), br.x(noises, cid, "noises")))
+
+
 def _sample_unchecked(x_K: ArrayLike, eps_fn: Callable[..., Any], betas: ArrayLike, tau: ArrayLike, eta: float,
                       noises: ArrayLike) -> F:
     # No validation of tau, eta or the noise shape: whatever steps tau lists are taken in turn.
@@ -215,6 +258,15 @@ MUTANTS = [
     Mutant("ddim_sample_noise_reversed", "ddim.sample", ("ddpm_equivalence", "matches_reference"),
            "noises indexed in reverse (noises[S-1-i] for the step leaving tau_i)",
            {"ddim.sample": _sample_noise_reversed}),
+    Mutant("ddim_sample_heun", "ddim.sample",
+           ("flow_convergence", "exact_law", "ddpm_equivalence", "matches_reference"),
+           "second-order (Heun) update in place of DDIM's Euler step: eps_hat averaged with the prediction at "
+           "the Euler predictor", {"ddim.sample": _sample_heun}),
+    Mutant("ddim_sample_variance_root_fast", "ddim.sample",
+           ("flow_convergence", "exact_law", "ddpm_equivalence", "matches_reference"),
+           "production path (float32): deterministic update -sqrt(sigma_bar_k^2 - sigma_bar_prev^2) eps_hat "
+           "instead of (sigma_bar_prev - sigma_bar_k) eps_hat (converges to the wrong map)",
+           {"ddim.sample": _fast_sample_variance_root}, target="fast"),
     Mutant("ddim_sample_unchecked", "ddim.sample", ("rejects_out_of_domain",),
            "no validation of tau, eta, the noise shape or the network's output",
            {"ddim.sample": _sample_unchecked}),

@@ -66,6 +66,15 @@ def _marginal_no_sqrt(x0: ArrayLike, betas: ArrayLike, k: ArrayLike) -> tuple[F,
     return a_bar_k * x, 1.0 - a_bar_k
 
 
+def _marginal_exp_sum(x0: ArrayLike, betas: ArrayLike, k: ArrayLike) -> tuple[F, F]:
+    x = as_batch(x0, "ddpm.marginal", "x0")
+    _cols(betas, k, x.shape[0], "ddpm.marginal")
+    b = as_betas(betas, "ddpm.marginal")
+    kk = np.broadcast_to(np.asarray(k), (x.shape[0],))
+    a_bar_k = np.exp(-np.cumsum(b))[kk - 1][:, None]  # exp(-sum beta), the continuous-time VP form, for prod(1 - beta)
+    return np.sqrt(a_bar_k) * x, 1.0 - a_bar_k
+
+
 def _marginal_unchecked(x0: ArrayLike, betas: ArrayLike, k: ArrayLike) -> tuple[F, F]:
     x = np.asarray(x0, dtype=np.float64)
     _, a_bar_k, _ = _raw(betas, k, x.shape[0] if x.ndim == 2 else 1)
@@ -285,10 +294,15 @@ MUTANTS = [
     Mutant("ddpm_forward_kernel_unchecked", "ddpm.forward_kernel", ("rejects_out_of_domain",),
            "no domain checks: k = 0 wraps to betas[-1], NaN passes through",
            {"ddpm.forward_kernel": _fk_unchecked}),
-    Mutant("ddpm_marginal_alpha_not_alpha_bar", "ddpm.marginal", ("composition", "matches_reference"),
+    Mutant("ddpm_marginal_alpha_not_alpha_bar", "ddpm.marginal",
+           ("composition", "exact_dyadic_schedule", "matches_reference"),
            "alpha_k where alpha_bar_k belongs in q(x_k | x_0)", {"ddpm.marginal": _marginal_alpha}),
-    Mutant("ddpm_marginal_no_sqrt", "ddpm.marginal", ("composition", "variance_preserving", "matches_reference"),
+    Mutant("ddpm_marginal_no_sqrt", "ddpm.marginal",
+           ("composition", "exact_dyadic_schedule", "variance_preserving", "matches_reference"),
            "mean alpha_bar_k x_0: sqrt missing on alpha_bar", {"ddpm.marginal": _marginal_no_sqrt}),
+    Mutant("ddpm_marginal_exp_sum", "ddpm.marginal", ("composition", "exact_dyadic_schedule", "matches_reference"),
+           "alpha_bar_k = exp(-sum_i beta_i) (the continuous-time VP formula) instead of prod_i (1 - beta_i)",
+           {"ddpm.marginal": _marginal_exp_sum}),
     Mutant("ddpm_marginal_unchecked", "ddpm.marginal", ("rejects_out_of_domain",),
            "no domain checks: k = 0 returns the data, NaN passes through", {"ddpm.marginal": _marginal_unchecked}),
     Mutant("ddpm_noise_no_sqrt", "ddpm.noise", ("distribution", "signal_and_noise_parts", "matches_reference"),

@@ -45,6 +45,15 @@ def _ebm_log_z_unshifted(psi: ArrayLike, nu: ArrayLike) -> tuple[F, F]:
     return np.exp(e - mx - log_sum[:, None]), log_sum
 
 
+def _ebm_attention_temperature(psi: ArrayLike, nu: ArrayLike) -> tuple[F, F]:
+    p, n = ref._pairwise(psi, nu, "diffsr.ebm_transition")  # noqa: SLF001
+    _, log_z = ref.ebm_transition(p, n)
+    # P from an attention layer's scaled dot product softmax(psi^T nu / sqrt(m)); log Z kept unscaled.
+    # Rows still sum to 1 and P is unchanged by nu -> nu + u: only the values show the temperature.
+    p_scaled, _ = ref.ebm_transition(p / np.sqrt(p.shape[1]), n)
+    return p_scaled, log_z
+
+
 def _ebm_unchecked(psi: ArrayLike, nu: ArrayLike) -> tuple[F, F]:
     p, n = np.atleast_2d(np.asarray(psi, dtype=np.float64)), np.atleast_2d(np.asarray(nu, dtype=np.float64))
     k = min(p.shape[1], n.shape[1])
@@ -280,7 +289,11 @@ def _train_with(psi_fn: ref.PsiFn, grad_nu_fn: ref.GradNuFn, s: ArrayLike, a: Ar
     x = corrupt(s1, e, ab)
     psi = as_f64(psi_fn(ss, aa), cid, "psi")
     g = as_f64(grad_nu_fn(x, level), cid, "grad_nu")
-    return float(reduce(ref.score_objective(psi, g, x, s1, level)))
+    # The objective written out, unchecked as in a training loop: a level of 0 (alphas_cumprod_prev at k = 1)
+    # divides by zero and gives inf or NaN, not a domain error of another clause.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resid = np.einsum("bm,bmd->bd", psi, g) + (x - np.sqrt(1.0 - level)[:, None] * s1) / level[:, None]
+        return float(reduce(np.sum(resid**2, axis=1)))
 
 
 def _train_no_sqrt(psi_fn: ref.PsiFn, grad_nu_fn: ref.GradNuFn, s: ArrayLike, a: ArrayLike, s_next: ArrayLike,
@@ -399,11 +412,15 @@ MUTANTS = [
     Mutant("diffsr_ebm_naive_logsumexp", "diffsr.ebm_transition", ("shift_invariance",),
            "exp(psi^T nu) normalised without subtracting the max: overflow gives inf/inf = NaN",
            {"diffsr.ebm_transition": _ebm_naive}),
-    Mutant("diffsr_ebm_softmax_wrong_axis", "diffsr.ebm_transition", ("normalised", "matches_reference"),
+    Mutant("diffsr_ebm_softmax_wrong_axis", "diffsr.ebm_transition",
+           ("normalised", "lattice_closed_form", "matches_reference"),
            "softmax over the batch axis instead of the next-state axis", {"diffsr.ebm_transition": _ebm_wrong_axis}),
     Mutant("diffsr_ebm_log_z_unshifted", "diffsr.ebm_transition",
-           ("normalised", "shift_invariance", "matches_reference"),
+           ("normalised", "shift_invariance", "lattice_closed_form", "matches_reference"),
            "log Z returned without adding the subtracted max back", {"diffsr.ebm_transition": _ebm_log_z_unshifted}),
+    Mutant("diffsr_ebm_attention_temperature", "diffsr.ebm_transition", ("lattice_closed_form", "matches_reference"),
+           "P = softmax(psi^T nu / sqrt(m)) (the scaled dot product of attention) with log Z unscaled",
+           {"diffsr.ebm_transition": _ebm_attention_temperature}),
     Mutant("diffsr_ebm_unchecked", "diffsr.ebm_transition", ("rejects_out_of_domain",),
            "no domain checks: NaN passes, mismatched feature dimensions are truncated",
            {"diffsr.ebm_transition": _ebm_unchecked}),

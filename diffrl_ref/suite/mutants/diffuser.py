@@ -29,9 +29,11 @@ def _trajectory_actions_first(states: ArrayLike, actions: ArrayLike) -> F:
 
 
 def _trajectory_time_axis(states: ArrayLike, actions: ArrayLike) -> F:
-    # Concatenated along time, then reshaped to (B, L, D): states and actions end up interleaved.
+    # Each plan flattened, states block then actions block ([s_0..s_{L-1}, a_0..a_{L-1}]), then
+    # reshaped to (B, L, D): states and actions end up interleaved across time steps.
     tau = ref.trajectory(states, actions)
-    return np.concatenate([_f(states), _f(actions)], axis=1).reshape(tau.shape)
+    B = tau.shape[0]
+    return np.concatenate([_f(states).reshape(B, -1), _f(actions).reshape(B, -1)], axis=1).reshape(tau.shape)
 
 
 def _trajectory_unchecked(states: ArrayLike, actions: ArrayLike) -> F:
@@ -236,7 +238,8 @@ MUTANTS = [
            "rows stored as [a_t, s_t] (the official code's order) instead of the paper's [s_t, a_t]",
            {"diffuser.trajectory": _trajectory_actions_first}),
     Mutant("diffuser_trajectory_time_axis", "diffuser.trajectory", ("layout", "round_trip", "matches_reference"),
-           "states and actions concatenated along time and reshaped", {"diffuser.trajectory": _trajectory_time_axis}),
+           "each plan's states and actions concatenated as flat blocks and reshaped",
+           {"diffuser.trajectory": _trajectory_time_axis}),
     Mutant("diffuser_trajectory_unchecked", "diffuser.trajectory", ("rejects_out_of_domain",),
            "no domain checks: NaN and 2-D arrays pass", {"diffuser.trajectory": _trajectory_unchecked}),
     Mutant("diffuser_split_actions_first", "diffuser.split_trajectory", ("layout", "round_trip", "matches_reference"),

@@ -222,6 +222,18 @@ def _loss_minus(a: ArrayLike, s: ArrayLike, eps_fn: ref.StateEpsFn, betas: Array
     return l_d - ref.q_loss(np.asarray(q_fn(st, a0)), np.asarray(q_norm_fn(st, a0)), eta)
 
 
+def _loss_normaliser_on_data_actions(a: ArrayLike, s: ArrayLike, eps_fn: ref.StateEpsFn, betas: ArrayLike,
+                                     k: ArrayLike, eps: ArrayLike, a_K: ArrayLike, noises: ArrayLike, q_fn: ref.QFn,
+                                     q_norm_fn: ref.QFn, eta: float = 1.0, max_action: float | None = 1.0,
+                                     variance: str = "beta_tilde") -> F:
+    ref.loss(a, s, eps_fn, betas, k, eps, a_K, noises, q_fn, q_norm_fn, eta, max_action, variance)
+    l_d, a0, st = _loss_parts(a, s, eps_fn, betas, k, eps, a_K, noises, max_action, variance)
+    # The paper's formula read literally: alpha = eta / E_{(s,a)~D}|Q(s, a)|, the normaliser at the batch
+    # actions, where the official code evaluates the other critic at the policy's sample a^0.
+    data_a = np.asarray(a, dtype=np.float64)
+    return l_d + ref.q_loss(np.asarray(q_fn(st, a0)), np.asarray(q_norm_fn(st, data_a)), eta)
+
+
 def _loss_unchecked(a: ArrayLike, s: ArrayLike, eps_fn: ref.StateEpsFn, betas: ArrayLike, k: ArrayLike,
                     eps: ArrayLike, a_K: ArrayLike, noises: ArrayLike, q_fn: ref.QFn, q_norm_fn: ref.QFn,
                     eta: float = 1.0, max_action: float | None = 1.0, variance: str = "beta_tilde") -> F:
@@ -291,14 +303,20 @@ MUTANTS = [
            "gradient of the batch sum instead of the batch mean", {"diffusion_ql.q_loss_grad": _grad_of_sum}),
     Mutant("dql_grad_no_domain_check", "diffusion_ql.q_loss_grad", ("rejects_out_of_domain",),
            "no validation of the critic values", {"diffusion_ql.q_loss_grad": _grad_unchecked}),
-    Mutant("dql_loss_critics_swapped", "diffusion_ql.loss", ("composition", "matches_reference"),
+    Mutant("dql_loss_critics_swapped", "diffusion_ql.loss", ("composition", "point_mass_policy", "matches_reference"),
            "the normaliser's critic maximised and the maximised critic used as normaliser",
            {"diffusion_ql.loss": _loss_critics_swapped}),
-    Mutant("dql_loss_q_on_dataset_actions", "diffusion_ql.loss", ("composition", "matches_reference"),
+    Mutant("dql_loss_q_on_dataset_actions", "diffusion_ql.loss",
+           ("composition", "point_mass_policy", "matches_reference"),
            "Q evaluated at the batch actions a instead of the policy's sample a^0 (no policy improvement)",
            {"diffusion_ql.loss": _loss_q_on_data_actions}),
-    Mutant("dql_loss_q_term_subtracted", "diffusion_ql.loss", ("composition", "constant_critic", "matches_reference"),
+    Mutant("dql_loss_q_term_subtracted", "diffusion_ql.loss",
+           ("composition", "constant_critic", "point_mass_policy", "matches_reference"),
            "L = L_d - L_q: the sign of the Q term doubled", {"diffusion_ql.loss": _loss_minus}),
+    Mutant("dql_loss_normaliser_on_dataset_actions", "diffusion_ql.loss",
+           ("composition", "point_mass_policy", "matches_reference"),
+           "alpha = eta / mean|Q'(s, a)| at the batch actions (the paper's E_(s,a)~D read literally) instead of "
+           "at the policy's sample a^0", {"diffusion_ql.loss": _loss_normaliser_on_data_actions}),
     Mutant("dql_loss_no_domain_check", "diffusion_ql.loss", ("rejects_out_of_domain",),
            "no validation of the pieces or the critic outputs", {"diffusion_ql.loss": _loss_unchecked}),
 ]

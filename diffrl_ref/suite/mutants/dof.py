@@ -344,6 +344,15 @@ def _policy_sign(x0_tot: ArrayLike, k: ArrayLike, eps: ArrayLike, eps_fns: Seque
     return flipped
 
 
+def _policy_q_mean_over_agents(x0_tot: ArrayLike, k: ArrayLike, eps: ArrayLike, eps_fns: Sequence[Net],
+                               betas: ArrayLike, q_new: ArrayLike, eta: float, mode: str = "concat",
+                               weights: ArrayLike | None = None, q_norm: ArrayLike | None = None) -> F:
+    out = ref.policy_loss(x0_tot, k, eps, eps_fns, betas, q_new, eta, mode, weights, q_norm)
+    bc = ref.train_step(x0_tot, k, eps, eps_fns, betas, mode, weights)
+    averaged: F = bc + (out - bc) / len(eps_fns)  # L_QL = mean_i L_q,i (a joint actor loss averaged over agents)
+    return averaged
+
+
 def _policy_unchecked(x0_tot: ArrayLike, k: ArrayLike, eps: ArrayLike, eps_fns: Sequence[Net], betas: ArrayLike,
                       q_new: ArrayLike, eta: float, mode: str = "concat", weights: ArrayLike | None = None,
                       q_norm: ArrayLike | None = None) -> F:
@@ -473,14 +482,19 @@ MUTANTS = [
     Mutant("dof_igd_unchecked", "dof.igd", ("rejects_out_of_domain",),
            "no domain checks: widths not divisible by N, zero weights and unknown modes pass",
            {"dof.igd": _igd_unchecked}),
-    Mutant("dof_policy_no_normaliser", "dof.policy_loss", ("composition", "q_scale_invariant", "matches_reference"),
+    Mutant("dof_policy_no_normaliser", "dof.policy_loss",
+           ("composition", "constant_networks", "q_scale_invariant", "matches_reference"),
            "alpha = eta: Diffusion-QL's 1 / E|Q| normalisation forgotten", {"dof.policy_loss": _policy_no_normaliser}),
     Mutant("dof_policy_global_normaliser", "dof.policy_loss",
-           ("composition", "q_scale_invariant", "matches_reference"),
+           ("composition", "constant_networks", "q_scale_invariant", "matches_reference"),
            "one E|Q| over all agents' critics instead of one per agent",
            {"dof.policy_loss": _policy_global_normaliser}),
-    Mutant("dof_policy_sign", "dof.policy_loss", ("composition", "matches_reference"),
+    Mutant("dof_policy_sign", "dof.policy_loss", ("composition", "constant_networks", "matches_reference"),
            "+ eta Q / E|Q|: the Q term minimised", {"dof.policy_loss": _policy_sign}),
+    Mutant("dof_policy_q_mean_over_agents", "dof.policy_loss",
+           ("composition", "constant_networks", "matches_reference"),
+           "L_QL averaged over the agents instead of summed (eta / N per agent)",
+           {"dof.policy_loss": _policy_q_mean_over_agents}),
     Mutant("dof_policy_unchecked", "dof.policy_loss", ("rejects_out_of_domain",),
            "no domain checks: eta < 0, E|Q| = 0 (inf) and wrong shapes pass", {"dof.policy_loss": _policy_unchecked}),
     Mutant("dof_planner_mask_inverted", "dof.planner_loss", ("condition_dropout", "matches_reference"),

@@ -70,8 +70,14 @@ def _shared_critic(agents: Sequence[ref.Agent], betas: ArrayLike, eta: float = 1
                    variance: str = "beta_tilde") -> F:
     ref.policy_loss(agents, betas, eta, max_action, variance)
     first = agents[0]
-    # Parameter sharing gone wrong: every agent is scored by agent 0's critics.
-    shared = [ag._replace(q_fn=first.q_fn, q_norm_fn=first.q_norm_fn) for ag in agents]
+
+    def same_type(ag: ref.Agent) -> bool:
+        return bool(np.shape(ag.obs)[1:] == np.shape(first.obs)[1:] and np.shape(ag.action)[1:] ==
+                    np.shape(first.action)[1:])
+
+    # Parameter sharing gone wrong: every agent of agent 0's type (same observation and action widths,
+    # where a shared critic can be called at all) is scored by agent 0's critics.
+    shared = [ag._replace(q_fn=first.q_fn, q_norm_fn=first.q_norm_fn) if same_type(ag) else ag for ag in agents]
     return ref.policy_loss(shared, betas, eta, max_action, variance)
 
 
@@ -87,6 +93,13 @@ def _pooled_normaliser(agents: Sequence[ref.Agent], betas: ArrayLike, eta: float
         qn_vals.append(np.asarray(ag.q_norm_fn(s, a0), dtype=np.float64))
     pooled = np.concatenate(qn_vals)  # E|Q| over all agents: a centralised normaliser
     return np.stack([r + diffusion_ql.q_loss(q, pooled, eta) for r, q in zip(rows, q_vals, strict=True)])
+
+
+def _eta_over_agents(agents: Sequence[ref.Agent], betas: ArrayLike, eta: float = 1.0,
+                     max_action: float | None = 1.0, variance: str = "beta_tilde") -> F:
+    ref.policy_loss(agents, betas, eta, max_action, variance)
+    # The Q term averaged over the agents (eta / N), as when a joint actor loss is a mean over agents.
+    return ref.policy_loss(agents, betas, eta / len(agents), max_action, variance)
 
 
 def _policy_unchecked(agents: Sequence[ref.Agent], betas: ArrayLike, eta: float = 1.0,
@@ -172,12 +185,17 @@ MUTANTS = [
            {"dom2.cql_loss": _cql_mean_for_data}),
     Mutant("dom2_cql_no_domain_check", "dom2.cql_loss", ("rejects_out_of_domain",),
            "action indices wrapped around, NaN and negative alpha accepted", {"dom2.cql_loss": _cql_unchecked}),
-    Mutant("dom2_shared_critic", "dom2.policy_loss", ("decentralised", "per_agent_diffusion_ql", "matches_reference"),
-           "every agent's Q term uses agent 0's critics (parameter sharing across agents)",
+    Mutant("dom2_shared_critic", "dom2.policy_loss",
+           ("decentralised", "per_agent_diffusion_ql", "point_mass_agents", "matches_reference"),
+           "every agent of agent 0's type has its Q term from agent 0's critics (parameter sharing across agents)",
            {"dom2.policy_loss": _shared_critic}),
     Mutant("dom2_pooled_normaliser", "dom2.policy_loss",
-           ("decentralised", "per_agent_diffusion_ql", "matches_reference"),
+           ("decentralised", "per_agent_diffusion_ql", "point_mass_agents", "matches_reference"),
            "E|Q| pooled over all agents' critics: a centralised normaliser", {"dom2.policy_loss": _pooled_normaliser}),
+    Mutant("dom2_policy_eta_over_agents", "dom2.policy_loss",
+           ("per_agent_diffusion_ql", "point_mass_agents", "matches_reference"),
+           "each agent's Q term weighted eta / N (the Q loss averaged over the agents)",
+           {"dom2.policy_loss": _eta_over_agents}),
     Mutant("dom2_policy_no_domain_check", "dom2.policy_loss", ("rejects_out_of_domain",),
            "no validation of the agent records", {"dom2.policy_loss": _policy_unchecked}),
     Mutant("dom2_dpm_h_for_expm1", "dom2.sample", ("equals_ddim", "exact_for_point_mass", "matches_reference"),

@@ -107,7 +107,8 @@ def _second_unchecked(x: ArrayLike, eps_fn: EpsFn, ab_s: float, ab_t: float, r: 
 
 def _pp_2m(x_T: ArrayLike, eps_fn: EpsFn, ab_grid: ArrayLike, *, ratio_inverted: bool = False,
            sign_flipped: bool = False, uniform_coefficients: bool = False, empty_history: bool = False,
-           noise_linear_part: bool = False, level_shift: bool = False, validate: bool = True) -> F:
+           noise_linear_part: bool = False, level_shift: bool = False, heun: bool = False,
+           validate: bool = True) -> F:
     """DPM-Solver++(2M) with switchable bugs (validation by the reference first unless told not to)."""
     if validate:
         ref.pp_2m(x_T, _zeros, ab_grid)
@@ -130,6 +131,12 @@ def _pp_2m(x_T: ArrayLike, eps_fn: EpsFn, ab_grid: ArrayLike, *, ratio_inverted:
         h, h_prev = lam[i] - lam[i - 1], lam[i - 1] - lam[i - 2]
         r = 1.0 if uniform_coefficients else (h / h_prev if ratio_inverted else h_prev / h)
         x0 = x_theta(x, i - 1)
+        if heun:
+            # diffusers' solver_type="heun": + alpha_t ((e^{-h} - 1)/h + 1) D1, D1 = (x0 - prev) / r, where
+            # Algorithm 2 has - alpha_t (e^{-h} - 1) D1 / 2. The two agree to O(h^2) D1 = O(h^3).
+            x = lin(i) * x - alpha[i] * np.expm1(-h) * x0 + alpha[i] * (np.expm1(-h) / h + 1) * (x0 - prev) / r
+            prev = x0
+            continue
         if sign_flipped:
             D = (1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * prev
         else:
@@ -153,6 +160,10 @@ def _pp_uniform_coefficients(x_T: ArrayLike, eps_fn: EpsFn, ab_grid: ArrayLike) 
 
 def _pp_empty_history(x_T: ArrayLike, eps_fn: EpsFn, ab_grid: ArrayLike) -> F:
     return _pp_2m(x_T, eps_fn, ab_grid, empty_history=True)
+
+
+def _pp_heun(x_T: ArrayLike, eps_fn: EpsFn, ab_grid: ArrayLike) -> F:
+    return _pp_2m(x_T, eps_fn, ab_grid, heun=True)
 
 
 def _pp_noise_linear_part(x_T: ArrayLike, eps_fn: EpsFn, ab_grid: ArrayLike) -> F:
@@ -192,9 +203,13 @@ MUTANTS = [
            {"dpm_solver.second_order": _second_sigmoid_lambda}),
     Mutant("dpm2_no_domain_check", "dpm_solver.second_order", ("rejects_out_of_domain",),
            "no checks of levels, r or the network's output", {"dpm_solver.second_order": _second_unchecked}),
-    Mutant("pp_2m_ratio_inverted", "dpm_solver.pp_2m", ("matches_reference",),
+    Mutant("pp_2m_ratio_inverted", "dpm_solver.pp_2m", ("algorithm_2_gaussian", "matches_reference"),
            "r_i = h_i / h_{i-1} (inverted step ratio; still second order, see notes)",
            {"dpm_solver.pp_2m": _pp_ratio_inverted}),
+    Mutant("pp_2m_heun_correction", "dpm_solver.pp_2m", ("algorithm_2_gaussian", "matches_reference"),
+           "diffusers' solver_type='heun' correction alpha_t ((e^{-h} - 1)/h + 1) D1 in place of Algorithm 2's "
+           "-alpha_t (e^{-h} - 1) D1 / 2 (still second order, exact for point masses)",
+           {"dpm_solver.pp_2m": _pp_heun}),
     Mutant("pp_2m_sign_flipped", "dpm_solver.pp_2m", ("second_order_convergence", "matches_reference"),
            "2M correction with the wrong sign: D = (1 - 1/(2r)) x0 + 1/(2r) x0_prev",
            {"dpm_solver.pp_2m": _pp_sign_flipped}),

@@ -126,9 +126,17 @@ def _dec_history_offset(x0: ArrayLike, i: int, inv_fn: Any, t: int = 0) -> F:
 
 
 def _dec_negative_index(x0: ArrayLike, i: int, inv_fn: Any, t: int = 0) -> F:
-    # Python indexing: i = -1 silently selects the last agent, a float index is truncated.
+    # JAX indexing semantics: a negative index wraps (i = -1 is the last agent), an index past the
+    # end is clamped to the last one, a window start is clamped so the window fits (dynamic_slice),
+    # and a float index is truncated; nothing is rejected.
     o = _f(x0)
-    return dd.inverse_dynamics(o[:, int(i), int(t):int(t) + 2], inv_fn)[:, 0]
+    if o.ndim != 4:
+        return dd.inverse_dynamics(o, inv_fn)[:, 0]
+    N, H = o.shape[1], o.shape[2]
+    j = int(i) + N if int(i) < 0 else int(i)
+    j = min(max(j, 0), N - 1)
+    start = min(max(int(t), 0), max(H - 2, 0))
+    return dd.inverse_dynamics(o[:, j, start:start + 2], inv_fn)[:, 0]
 
 
 MUTANTS = [
@@ -167,5 +175,6 @@ MUTANTS = [
            ("equals_joint_inverse_dynamics", "single_agent_is_decision_diffuser", "matches_reference"),
            "the current step read one position late", {"madiff.decentralised_action": _dec_history_offset}),
     Mutant("madiff_decentral_negative_index", "madiff.decentralised_action", ("rejects_out_of_domain",),
-           "i = -1 wraps to the last agent", {"madiff.decentralised_action": _dec_negative_index}),
+           "JAX-style indexing: i = -1 wraps to the last agent, i = N and t = H - 1 are clamped",
+           {"madiff.decentralised_action": _dec_negative_index}),
 ]

@@ -77,7 +77,7 @@ MUTANTS = [
            "linspace over K + 1 points truncated to K", {"schedule.linear": _linear_linspace_k_plus_1}),
     Mutant("linear_float32", "schedule.linear", ("endpoints", "matches_reference"),
            "float32 arithmetic reported as float64", {"schedule.linear": _linear_float32}),
-    Mutant("cosine_no_clip", "schedule.cosine", ("clipped",), "beta_K not clipped at max_beta",
+    Mutant("cosine_no_clip", "schedule.cosine", ("clipped", "matches_reference"), "beta_K not clipped at max_beta",
            {"schedule.cosine": _cosine_no_clip}),
     Mutant("cosine_missing_1_plus_s", "schedule.cosine", ("unclipped_alpha_bar", "matches_reference"),
            "f(k) without the 1/(1+s) normalisation", {"schedule.cosine": _cosine_no_offset_norm}),
