@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -16,14 +15,13 @@ from diffrl_ref.reference import dpm_solver as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData
+from diffrl_ref.suite.orders import check_order
 from diffrl_ref.suite.strategies import batch, batch_any, finite
 
 F = np.ndarray
 
 #: Unit roundoff of the float64 computations in this file (the schemes written here).
 EPS64 = spec.EPS["float64"]
-#: A band of half an order or more could not tell order p from p +- 1/2 (see _check_order).
-MAX_BAND = 0.5
 
 
 # ---- noise levels (test-private, written from Lu et al.'s definitions) -------------------
@@ -132,63 +130,6 @@ def _lambda_grid(ab_T: float, ab_0: float, N: int, rho: float = 1.0) -> F:
     return np.asarray(grid)
 
 
-def _order_band(ns: F, e64: F, tol: F, p: int) -> F:
-    """Half-width of the acceptance band of the fitted order, per entry (spec: the clause's order band).
-
-    e64[n, j]: error of entry j of the scheme written in this file, run in float64, at N = ns[n];
-    tol[n, j]: bound on how far the implementation's entry may lie from the scheme's by rounding
-    alone. The implementation's log error then lies within rho = tol / (e64 - tol) of log e64,
-    and the least-squares slope, linear in the log errors with weights c_n = (x_n - mean) /
-    sum (x - mean)^2 (x = log N), within sum_n |c_n| rho_n of the float64 scheme's slope p64:
-    band = |p64 - p| + sum_n |c_n| rho_n (infinite where e64 <= tol at some N).
-    """
-    logn = np.log(ns)
-    c = (logn - logn.mean()) / ((logn - logn.mean()) ** 2).sum()
-    ok = np.all(e64 > tol, axis=0)
-    safe = np.where(e64 > tol, e64, 2 * tol + 1.0)  # placeholder where not observable (band = inf there)
-    rho = tol / (safe - tol)
-    p64 = -np.polyfit(logn, np.log(np.where(ok, safe, 1.0)), 1)[0]
-    return np.where(ok, np.abs(p64 - p) + np.abs(c) @ rho, np.inf)
-
-
-def _check_order(clause_id: str, dtype: str, ranges: list[F], scheme64: Callable[[int], tuple[F, F]],
-                 run: Callable[[int], F], p: int, context: str) -> None:
-    """Each observable entry's fitted order within p +- its band, on the candidate range that observes most.
-
-    scheme64(N) gives the float64 scheme's errors and the rounding bounds at N, one per entry
-    (start point and coordinate); run(N) the implementation's errors. Entries with band >= 1/2
-    could not tell order p from p +- 1/2 and are not checked. Of the candidate ranges (finest
-    first) the one with the most checkable entries is used, the finest among equals: the choice
-    depends on the problem and the dtype, never on the implementation's output. With no checkable
-    entry the order is not observable at this precision and the test skips instead of passing.
-    """
-    cache: dict[int, tuple[F, F]] = {}
-    best: tuple[int, F, F, F] | None = None
-    for ns in ranges:
-        pairs = [cache.setdefault(int(N), scheme64(int(N))) for N in ns]
-        e64, tol = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
-        band = _order_band(ns, e64, tol, p)
-        if best is None or int(np.sum(band < MAX_BAND)) > best[0]:
-            best = (int(np.sum(band < MAX_BAND)), ns, e64, band)
-    assert best is not None
-    _, ns, e64, band = best
-    checked = np.flatnonzero(band < MAX_BAND)
-    if checked.size == 0:
-        pytest.skip(f"not observable: {clause_id} convergence order at {dtype}: no entry's rounding bound is small "
-                    f"against the float64 scheme's errors at any candidate N (smallest band {float(np.min(band)):.3g} "
-                    f">= {MAX_BAND}; at N = {ns}: largest errors {np.max(e64, axis=1)})")
-    e = np.array([run(int(N)) for N in ns])[:, checked]
-    assert_that(bool(np.all(e > 0)), clause_id, f"zero error at some N: {e} ({context})")
-    order = -np.polyfit(np.log(ns), np.log(e), 1)[0]
-    p64 = -np.polyfit(np.log(ns), np.log(e64[:, checked]), 1)[0]
-    worst = int(np.argmax(np.abs(order - p) - band[checked]))
-    j = int(checked[worst])
-    assert_that(bool(np.all(np.abs(order - p) <= band[checked])), clause_id,
-                f"observed order {order[worst]:.3f} of entry {j}, expected {p} +- {band[j]:.3f} (its errors "
-                f"{e[:, worst]} at N = {ns}; float64 scheme of this test: order {p64[worst]:.3f}, errors "
-                f"{e64[:, j]}; {checked.size} entries checked; {context})")
-
-
 def _term_error(dtype: str, lam: float, *hs: float) -> float:
     """Relative error of one term (coefficient x tensor) of a step, the rounding model of the order band.
 
@@ -241,7 +182,7 @@ def test_first_order_exact_for_point_mass(impl: Any, clause_id: str, x: F, data:
 
 #: Candidate step counts of the order properties, finest first (each range doubles N three times).
 #: The finest are those of the clause's statement; coarser ones serve where rounding hides the
-#: finest errors (see _check_order).
+#: finest errors (see diffrl_ref.suite.orders.check_order).
 NS_SINGLESTEP = [np.array([8, 16, 32, 64]), np.array([4, 8, 16, 32]), np.array([2, 4, 8, 16])]
 NS_MULTISTEP = [np.array([32, 64, 128, 256]), np.array([16, 32, 64, 128]), np.array([8, 16, 32, 64]),
                 np.array([4, 8, 16, 32])]
@@ -283,7 +224,7 @@ def test_first_order_convergence(impl: Any, clause_id: str, g: GaussianData, spa
             x = np.asarray(fn(x, g.eps(x, ab_s), float(ab_s), float(ab_t)), dtype=np.float64)
         return np.abs(x - exact).ravel()
 
-    _check_order(clause_id, impl.dtype, NS_SINGLESTEP, scheme64, run, 1,
+    check_order(clause_id, impl.dtype, NS_SINGLESTEP, scheme64, run, 1,
                  f"data mean {g.mean}, var {g.var}, ab_T={ab_T}, ab_0={ab_0}, lambda-uniform steps")
 
 
@@ -389,7 +330,7 @@ def test_second_order_convergence(impl: Any, clause_id: str, g: GaussianData, sp
             x = np.asarray(fn(x, g.eps, float(ab_s), float(ab_t), r), dtype=np.float64)
         return np.abs(x - exact).ravel()
 
-    _check_order(clause_id, impl.dtype, NS_SINGLESTEP, scheme64, run, 2,
+    check_order(clause_id, impl.dtype, NS_SINGLESTEP, scheme64, run, 2,
                  f"data mean {g.mean}, var {g.var}, ab_T={ab_T}, ab_0={ab_0}, r={r}, lambda-uniform steps")
 
 
@@ -574,7 +515,7 @@ def test_pp_2m_convergence(impl: Any, clause_id: str, g: GaussianData, span: tup
     def run(N: int) -> F:
         return np.abs(np.asarray(fn(x_T, g.eps, _lambda_grid(ab_T, ab_0, N, rho))) - exact).ravel()
 
-    _check_order(clause_id, impl.dtype, NS_MULTISTEP, scheme64, run, 2,
+    check_order(clause_id, impl.dtype, NS_MULTISTEP, scheme64, run, 2,
                  f"data mean {g.mean}, var {g.var}, ab_T={ab_T}, ab_0={ab_0}, lambda steps alternating 1 : {rho}")
 
 

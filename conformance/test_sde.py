@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +14,7 @@ from diffrl_ref.reference import sde as ref
 from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData, propagate_affine
+from diffrl_ref.suite.orders import check_order
 from diffrl_ref.suite.stats import assert_gaussian_moments
 from diffrl_ref.suite.strategies import batch_any, finite
 
@@ -22,8 +22,6 @@ F = np.ndarray
 
 #: Unit roundoff of the float64 computations in this file (the oracles, the Runge-Kutta runs).
 EPS64 = spec.EPS["float64"]
-#: A band of half an order or more could not tell order p from p +- 1/2 (see _check_order).
-MAX_BAND = 0.5
 #: Runge-Kutta steps per unit time of the ODE-based properties. The times k / RK_STEPS and the
 #: stage times in between are dyadic with at most 8 significant bits, so the implementation gets
 #: them exactly in every dtype (bfloat16 included). RK4's own error is common to the implementation's
@@ -53,67 +51,6 @@ def _gaussian(draw: st.DrawFn, d: int = 3, lo: float = 0.25, hi: float = 4.0) ->
     m = [draw(finite(-3.0, 3.0)) for _ in range(d)]
     s2 = [draw(finite(lo, hi)) for _ in range(d)]
     return GaussianData.of(m, s2)
-
-
-def _fit_order(ns: F, errors: F) -> F:
-    """Least-squares slopes of -log(error) against log(N), one per column: the observed orders."""
-    return np.asarray(-np.polyfit(np.log(ns), np.log(errors), 1)[0])
-
-
-def _order_band(ns: F, e64: F, tol: F, p: int) -> F:
-    """Half-width of the acceptance band of the fitted order, per entry (spec: the clause's order band).
-
-    e64[n, j]: error of entry j at N = ns[n] of the scheme with the exact coefficients, in float64;
-    tol[n, j]: bound on how far the implementation's error may lie from it by rounding alone. The
-    log error then moves by at most rho = tol / (e64 - tol), and the least-squares slope, linear in
-    the log errors with weights c_n = (x_n - mean) / sum (x - mean)^2 (x = log N), by at most
-    sum_n |c_n| rho_n: band = |p64 - p| + sum_n |c_n| rho_n, p64 the float64 scheme's slope
-    (infinite where e64 <= tol at some N).
-    """
-    logn = np.log(ns)
-    c = (logn - logn.mean()) / ((logn - logn.mean()) ** 2).sum()
-    ok = np.all(e64 > tol, axis=0)
-    safe = np.where(e64 > tol, e64, 2 * tol + 1.0)  # placeholder where not observable (band = inf there)
-    p64 = _fit_order(ns, np.where(ok, safe, 1.0))
-    return np.where(ok, np.abs(p64 - p) + np.abs(c) @ (tol / (safe - tol)), np.inf)
-
-
-def _check_order(clause_id: str, dtype: str, ranges: list[F], scheme64: Callable[[int], tuple[F, F]],
-                 run: Callable[[int], F], p: int, context: str) -> None:
-    """Each observable entry's fitted order within p +- its band, on the candidate range that observes most.
-
-    scheme64(N) gives, per entry, the error of the scheme with the exact coefficients (float64)
-    and the rounding bound at N; run(N) the implementation's errors. Entries with band >= 1/2
-    cannot tell order p from p +- 1/2 and are not checked. Of the candidate ranges (finest first)
-    the one with the most checkable entries is used, the finest among equals: the choice depends
-    on the problem and the dtype, never on the implementation's output. With no checkable entry
-    the order is not observable at this precision and the test skips instead of passing.
-    """
-    cache: dict[int, tuple[F, F]] = {}
-    best: tuple[int, F, F, F] | None = None
-    for ns in ranges:
-        pairs = [cache.setdefault(int(N), scheme64(int(N))) for N in ns]
-        e64, tol = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
-        band = _order_band(ns, e64, tol, p)
-        if best is None or int(np.sum(band < MAX_BAND)) > best[0]:
-            best = (int(np.sum(band < MAX_BAND)), ns, e64, band)
-    assert best is not None
-    _, ns, e64, band = best
-    checked = np.flatnonzero(band < MAX_BAND)
-    if checked.size == 0:
-        pytest.skip(f"not observable: {clause_id} convergence order at {dtype}: no entry's rounding bound is small "
-                    f"against the float64 scheme's errors at any candidate N (smallest band {float(np.min(band)):.3g} "
-                    f">= {MAX_BAND}; at N = {ns}: largest errors {np.max(e64, axis=1)})")
-    e = np.array([run(int(N)) for N in ns])[:, checked]
-    assert_that(bool(np.all(e > 0)), clause_id, f"zero error at some N: {e} ({context})")
-    order = _fit_order(ns, e)
-    p64 = _fit_order(ns, e64[:, checked])
-    worst = int(np.argmax(np.abs(order - p) - band[checked]))
-    j = int(checked[worst])
-    assert_that(bool(np.all(np.abs(order - p) <= band[checked])), clause_id,
-                f"observed order {order[worst]:.3f} of entry {j}, expected {p} +- {band[j]:.3f} (its errors "
-                f"{e[:, worst]} at N = {ns}; the float64 scheme: order {p64[worst]:.3f}, errors {e64[:, j]}; "
-                f"{checked.size} entries checked; {context})")
 
 
 def _rk4(rhs: Callable[[float, F], F], y0: F, t0: float, t1: float, n: int) -> F:
@@ -299,8 +236,8 @@ def test_vp_marginal_moment_odes(impl: Any, clause_id: str, br: tuple[float, flo
                  inputs={"t": t_end, "beta_min": b0, "beta_max": b1})
 
 
-#: Candidate step counts K of ddpm_limit, finest first (see _check_order); K > beta_max = 20 keeps every
-#: factor 1 - beta(t_k) / K positive.
+#: Candidate step counts K of ddpm_limit, finest first (see diffrl_ref.suite.orders.check_order); K > beta_max = 20
+#: keeps every factor 1 - beta(t_k) / K positive.
 KS_DDPM = [np.array([64, 128, 256, 512]), np.array([32, 64, 128, 256])]
 
 
@@ -326,7 +263,7 @@ def test_vp_marginal_ddpm_limit(impl: Any, clause_id: str, br: tuple[float, floa
     def run(K: int) -> F:
         return np.asarray(np.abs(log_disc(K) - np.log(np.asarray(fn(t_check, b0, b1), dtype=np.float64))))
 
-    _check_order(clause_id, impl.dtype, KS_DDPM, scheme64, run, 1,
+    check_order(clause_id, impl.dtype, KS_DDPM, scheme64, run, 1,
                  f"discrete DDPM log alpha_bar -> log alpha_bar(t) at t = {t_check}; beta_min={b0}, beta_max={b1}")
 
 
@@ -414,7 +351,7 @@ def _em_law(a: F, b: F, da: F, db: F, g: GaussianData, ts: F, b0: float, b1: flo
 
 #: End time of the reverse-SDE runs: Song et al.'s epsilon = 1e-3 (a domain choice, not a tolerance).
 T_END = 1e-3
-#: Candidate step counts N of em_first_order, finest first (see _check_order).
+#: Candidate step counts N of em_first_order, finest first (see diffrl_ref.suite.orders.check_order).
 NS_EM = [np.array([32, 64, 128, 256]), np.array([16, 32, 64, 128]), np.array([8, 16, 32, 64])]
 
 
@@ -450,7 +387,7 @@ def test_reverse_drift_em_first_order(impl: Any, clause_id: str, g: GaussianData
         mean, var, _ = _em_law(a, b, 0 * a, 0 * b, g, ts, b0, b1)
         return np.asarray(np.abs(mean - mu) + np.abs(var - v))
 
-    _check_order(clause_id, impl.dtype, NS_EM, scheme64, run, 1,
+    check_order(clause_id, impl.dtype, NS_EM, scheme64, run, 1,
                  f"law of the Euler-Maruyama chain -> q(t_end), error |mean - mu| + |var - v| per coordinate; "
                  f"data mean {g.mean}, var {g.var}, beta_min={b0}, beta_max={b1}")
 

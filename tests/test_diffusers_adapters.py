@@ -131,8 +131,12 @@ def test_schedule_of_levels(diffusers_version: str) -> None:
     grid = np.array([1e-4, 0.3, 0.31, 0.97])
     betas, timesteps = schedule_of_levels(grid)
     ac = np.cumprod(1 - betas)
-    assert np.all((betas > 0) & (betas <= MAX_BETA + 1e-12))
-    np.testing.assert_allclose(ac[[*timesteps, 0]], grid, rtol=1e-12)
+    # Each beta = 1 - l_i / l_{i-1} rounds twice in float64 and each factor of the product once more, so a level
+    # is within 4 n eps (relative) of the grid after n factors; a beta meant to equal MAX_BETA may exceed it by
+    # the rounding of the ratio (a few eps).
+    eps64 = np.finfo(np.float64).eps
+    assert np.all((betas > 0) & (betas <= MAX_BETA + 4 * eps64))
+    np.testing.assert_allclose(ac[[*timesteps, 0]], grid, rtol=4 * betas.size * eps64)
     assert timesteps == sorted(timesteps, reverse=True)
 
 

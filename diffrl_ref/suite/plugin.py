@@ -131,22 +131,21 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     from . import stats
-    from .check import NOT_IMPLEMENTED, SUPPORTED_CALLS, TEST_WORST
+    from .check import NOT_IMPLEMENTED, NOT_OBSERVABLE, TEST_WORST, reset_test_state
 
     if call.when == "setup":
-        NOT_IMPLEMENTED.clear()
-        SUPPORTED_CALLS[0] = 0
-        TEST_WORST.clear()
+        reset_test_state()
         stats.TEST_LEVELS.clear()
     outcome = yield
     rep = outcome.get_result()
-    if call.when == "call" and rep.failed and call.excinfo is not None and NOT_IMPLEMENTED:
+    if call.when == "call" and rep.failed and call.excinfo is not None and (NOT_IMPLEMENTED or NOT_OBSERVABLE):
         from hypothesis.errors import Unsatisfiable
 
         if call.excinfo.errisinstance(Unsatisfiable):
-            # Every example was outside what the implementation supports.
+            # Every example was outside what the implementation supports, or where the property
+            # cannot be observed at its precision.
             rep.outcome = "skipped"
-            rep.longrepr = (str(item.path), item.location[1] or 0, NOT_IMPLEMENTED[0])
+            rep.longrepr = (str(item.path), item.location[1] or 0, (NOT_IMPLEMENTED or NOT_OBSERVABLE)[0])
     mark = item.get_closest_marker("clause")
     if mark is None or not (call.when == "call" or (call.when == "setup" and not rep.passed)):
         return

@@ -307,7 +307,8 @@ def print_table(result: dict[str, Any], write: Callable[[str], Any]) -> None:
         write(f"{c['id'].ljust(width)}  {c['status']:15}  {passed:>6}  {ratio}")
         for p in c["properties"]:
             pr = "" if p["worst_error_ratio"] is None else f"{p['worst_error_ratio']:.3g}"
-            why = f"  ({p['reason']})" if p["reason"] and p["status"] not in ("pass", "fail") else ""
+            short = p["reason"] if len(p["reason"]) <= 100 else p["reason"][:99] + "…"  # the JSON has all of it
+            why = f"  ({short})" if short and p["status"] not in ("pass", "fail") else ""
             write(f"{('  ' + p['name']).ljust(width)}  {p['status']:15}  {'':>6}  {pr}{why}".rstrip())
     write("clauses: " + "  ".join(f"{k}: {v}" for k, v in result["summary"].items()))
     write("properties: " + "  ".join(f"{k}: {v}" for k, v in result["property_summary"].items()))
