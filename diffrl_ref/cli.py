@@ -6,6 +6,7 @@
 ``diffrl docs``                 regenerate the per-clause docs pages from spec/
 ``diffrl bench [...]``          time the production path against the reference and diffusers
 ``diffrl train diffsr|sac ...``  train Diff-SR or SAC online on MuJoCo / MetaWorld (resumable)
+``diffrl sweep GRID.yaml --out DIR``  a grid of training runs as Ray tasks (resumable)
 ``diffrl plot RUN [RUN ...]``   learning curves and the results table of run folders
 """
 
@@ -281,6 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     r.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--skip-conformance", action="store_true",
+                   help="train without first checking the agent's clauses on this device (recorded in config.json)")
+
+    w = sub.add_parser("sweep", help="run a grid of training runs as Ray tasks (resumable; rerun to go on)")
+    w.add_argument("grid", help="grid file (YAML: steps, seeds, envs, groups of algo/name/hp)")
+    w.add_argument("--out", required=True, help="sweep folder: one run folder per cell, ENV/GROUP/seedSEED")
+    w.add_argument("--runs-at-once", type=_positive, help="local Ray: runs at a time (default: CPU cores / threads)")
+    w.add_argument("--address", help="join this Ray cluster instead of starting a local instance")
+    w.add_argument("--threads", type=_positive, default=1, help="torch CPU threads per run (default: 1)")
+    w.add_argument("--skip-conformance", action="store_true",
+                   help="train without first checking the agents' clauses (recorded in each config.json)")
 
     g = sub.add_parser("plot", help="learning curves and results table from run folders")
     g.add_argument("runs", nargs="+", help="run folders (grouped by environment and algorithm)")
@@ -292,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .rl import envs, loop
+    from .rl import envs, gate, loop
 
     hp: dict[str, str] = {}
     for item in args.hp:
@@ -311,12 +323,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = loop.RunConfig(algo=args.algo, env=args.env, seed=args.seed, steps=args.steps,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                             hp={k: getattr(resolved, k) for k in sorted(hp)}, device=args.device)
+                             hp={k: getattr(resolved, k) for k in sorted(hp)}, device=args.device,
+                             skip_conformance=args.skip_conformance)
         summary = loop.train(cfg, Path(args.out), progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"train: interrupted; the same command resumes {args.out} from its last checkpoint", file=sys.stderr)
         return 130
-    except (loop.RunError, envs.EnvError) as exc:
+    except (loop.RunError, envs.EnvError, gate.GateError) as exc:
         raise CliError(str(exc)) from None
     except ImportError as exc:
         raise CliError(f"diffrl train needs the rl extra ({exc.name} missing): pip install 'diffrl-ref[rl]'") from None
@@ -325,6 +338,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"train: {state}: {summary['steps']} steps in {args.out}"
           + (f", last evaluation return {ev['return_mean']:.1f}, success {ev['success_rate']:.2f}" if ev else ""))
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    try:
+        from .rl import sweep
+    except ImportError as exc:
+        raise CliError(f"diffrl sweep needs the rl extra ({exc.name} missing): "
+                       "pip install 'diffrl-ref[rl,sweep]'") from None
+    grid = Path(args.grid)
+    try:
+        return sweep.main(grid, Path(args.out), args.runs_at_once, args.address, args.threads,
+                          skip_conformance=args.skip_conformance)
+    except sweep.SweepError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"sweep: interrupted; the same command resumes {args.out}", file=sys.stderr)
+        return 130
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -386,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "plot":
             return cmd_plot(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         return cmd_docs(args)
     except CliError as exc:
         print(f"diffrl: error: {exc}", file=sys.stderr)

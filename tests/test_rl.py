@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
+import json
 import math
 import os
 import signal
@@ -26,7 +28,7 @@ pytest.importorskip("stable_baselines3")
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import diffsr as F  # noqa: E402
 from diffrl_ref.rl import diffsr as agent_mod  # noqa: E402
-from diffrl_ref.rl import envs  # noqa: E402
+from diffrl_ref.rl import envs, gate, loop  # noqa: E402
 from diffrl_ref.rl.diffsr import DiffSRAgent, DiffSRConfig, TanhGaussianActor, level_schedule  # noqa: E402
 
 RL = Path(agent_mod.__file__).parent
@@ -140,6 +142,53 @@ def test_representation_loss_is_the_clause_objective() -> None:
     torch.testing.assert_close(plain, rows.mean())
 
 
+def test_official_noise_and_weighting_options() -> None:
+    """noise_scale sigma perturbs with sigma eps; weighting='beta2' weights the clause objective by beta^2."""
+    ag = _agent()
+    ag.cfg.noise_scale, ag.cfg.weighting = 0.449, "beta2"
+    s, a, _, s_next, _ = ag.buffer.sample(32, ag.device)
+    torch.manual_seed(5)
+    got = ag.representation_loss(s, a, s_next)
+    torch.manual_seed(5)
+    k = torch.randint(1, ag.sched.K + 1, (32,))
+    eps = 0.449 * torch.randn_like(s_next)
+    beta = ag.sched.one_minus_alpha_bar[k]
+    s_tilde = torch.sqrt(1 - beta)[:, None] * s_next + torch.sqrt(beta)[:, None] * eps
+    rows = F.score_objective_energy(ag.psi(s, a), ag.nu, s_tilde, s_next, beta)
+    torch.testing.assert_close(got, torch.mean(beta**2 * rows))
+
+
+def test_critic_is_the_clause_and_its_options() -> None:
+    """The agent's critic is fast.diffsr.critic on its parameters; the options set what they name."""
+    ag = _agent()
+    psi = torch.randn(8, 16)
+    c = ag.critic
+    expected = F.critic(psi, c.omegas, c.phases, math.sqrt(2 / 16), c.hidden_w, c.hidden_b, c.out_w, c.out_b)
+    assert torch.equal(c(psi), expected)
+    assert c.hidden_w is not None and c.hidden_w.shape == (2, 16, 16)
+    assert c.omegas.shape == (2, 16, 16) and c.out_w.shape == (2, 16)
+    torch.manual_seed(0)
+    off = DiffSRAgent(4, 2, DiffSRConfig(feature_dim=16, psi_hidden=16, nu_hidden=16, rff_dim=16, hidden=16,
+                                         levels=20, rff_init="linear", feature_amplitude="1", activation="elu",
+                                         actor_init="orthogonal"))
+    assert off.critic.amplitude == 1.0
+    torch.manual_seed(0)
+    lin = DiffSRAgent(4, 2, DiffSRConfig(feature_dim=16, psi_hidden=16, nu_hidden=16, rff_dim=16, hidden=16,
+                                         levels=20, critic_head="linear")).critic
+    assert lin.hidden_w is None and lin.out_w.shape == (2, 16)  # the deck's Q = w^T z + d
+    z = math.sqrt(2 / 16) * torch.cos(torch.einsum("ndm,bm->nbd", lin.omegas, psi) + lin.phases[:, None, :])
+    torch.testing.assert_close(lin(psi), torch.einsum("nbd,nd->nb", z, lin.out_w) + lin.out_b[:, None])
+    bound = 1 / math.sqrt(16)  # nn.Linear(m, D)'s default initialisation of the official critic's first layer
+    assert float(off.critic.omegas.abs().max()) <= bound
+    assert float((off.critic.phases + math.pi / 2).abs().max()) <= bound  # sin(x + b) = cos(x + b - pi/2)
+    assert any(isinstance(m, torch.nn.ELU) for m in off.psi.modules())
+    assert any(isinstance(m, torch.nn.ELU) for m in off.actor.modules())
+    linears = [m for m in off.actor.net if isinstance(m, torch.nn.Linear)]
+    w = linears[1].weight.detach()  # the square hidden layer: orthogonal
+    torch.testing.assert_close(w @ w.T, torch.eye(16), rtol=0.0, atol=16 * torch.finfo(torch.float32).eps)
+    assert all(float(m.bias.abs().max()) == 0.0 for m in linears)
+
+
 def test_critic_target_follows_polyak_every_target_every_updates() -> None:
     ag = _agent()
     ag.cfg.target_every = 2
@@ -158,11 +207,14 @@ def test_critic_target_follows_polyak_every_target_every_updates() -> None:
 # ---- runs through the CLI -----------------------------------------------------------------------
 
 
-def _args(algo: str, env: str, out: Path, steps: int, *extra: str, every: int = 150) -> list[str]:
+def _args(algo: str, env: str, out: Path, steps: int, *extra: str, every: int = 150, gate: bool = False) -> list[str]:
+    """``diffrl train`` arguments for a tiny run; the conformance check before training (about 10 s) only
+    where ``gate`` is set: the tests of the check itself and the HalfCheetah smoke run."""
     hp = [x for h in TINY[algo] for x in ("--hp", h)]
     return ["train", algo, "--env", env, "--steps", str(steps), "--seed", "3", "--out", str(out),
             "--eval-every", str(every), "--eval-episodes", "2", "--checkpoint-every", str(every),
-            "--log-every", "50", "--threads", "1", "--no-progress", *hp, *extra]
+            "--log-every", "50", "--threads", "1", "--no-progress", *hp, *extra,
+            *([] if gate else ["--skip-conformance"])]
 
 
 def _rows(path: Path, drop: tuple[str, ...] = ("train_seconds", "steps_per_s")) -> list[dict[str, str]]:
@@ -182,8 +234,10 @@ def _same_run(a: Path, b: Path) -> None:
                                             ("diffsr", "reach-v3", 500), ("sac", "reach-v3", 500)])
 def test_smoke_run_writes_logs_and_checkpoint(algo: str, env: str, steps: int, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """A few hundred learning steps on a real MuJoCo and a MetaWorld task (one full episode each)."""
-    args = _args(algo, env, tmp_path, steps, every=steps // 2)
+    """A few hundred learning steps on a real MuJoCo and a MetaWorld task (one full episode each); the
+    HalfCheetah runs check their agent's clauses first, as a user's run does."""
+    gated = env == "HalfCheetah-v5"
+    args = _args(algo, env, tmp_path, steps, every=steps // 2, gate=gated)
     assert cli.main(args) == 0
     assert f"done: {steps} steps" in capsys.readouterr().out
     for name in ("config.json", "checkpoint.pt", "eval.csv", "train.csv", "episodes.csv", "done.json"):
@@ -194,6 +248,11 @@ def test_smoke_run_writes_logs_and_checkpoint(algo: str, env: str, steps: int, t
     assert all(math.isfinite(float(r["return_mean"])) for r in ev)
     tr = _rows(tmp_path / "train.csv")
     assert math.isfinite(float(tr[-1]["critic_loss"]))  # learning started at 200
+    assert json.loads((tmp_path / "config.json").read_text())["skip_conformance"] is not gated
+    if gated:
+        record = json.loads((tmp_path / "conformance.json").read_text())
+        assert record["passed"] and record["device"] == "cpu" and record["dtype"] == "float32"
+        assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES[algo]}
     assert cli.main(args) == 0
     assert "already complete" in capsys.readouterr().out
 
@@ -324,3 +383,95 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "resumes" in lines[0] and str(out) in lines[0], lines
     assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["t"] >= 150
+
+
+# ---- hyperparameter domains ------------------------------------------------------------------------
+
+
+def _out_of_domain(algo: str) -> list[tuple[str, str]]:
+    """For every hyperparameter of ``algo``, values just outside its declared domain."""
+    cls = loop.CONFIGS[algo]
+    bad: list[tuple[str, str]] = []
+    for f in dataclasses.fields(cls):
+        default = f.default
+        if isinstance(default, str):
+            bad.append((f.name, "foo"))
+        elif isinstance(default, int):
+            bad += [(f.name, "-1"), (f.name, "2.5")] + ([(f.name, "0")] if loop.DOMAINS[algo][f.name][0](0) is False
+                                                       else [])
+        else:
+            bad += [(f.name, "nan"), (f.name, "inf")]
+    return bad
+
+
+@pytest.mark.parametrize("algo,name,value", [(a, n, v) for a in loop.ALGOS for n, v in _out_of_domain(a)]
+                         + [("diffsr", "gamma", "1"), ("diffsr", "gamma", "2"), ("diffsr", "tau", "0"),
+                            ("diffsr", "log_std_min", "3"), ("sac", "gamma", "1"), ("sac", "tau", "1.5")])
+def test_every_hyperparameter_is_checked_against_its_domain(algo: str, name: str, value: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """One line naming the parameter (or the pair) and its domain, exit status 2, nothing created."""
+    out = tmp_path / "run"
+    argv = ["train", algo, "--env", "Hopper-v5", "--steps", "100", "--out", str(out), "--hp", f"{name}={value}"]
+    needle = "log_std_min" if name == "log_std_min" and value == "3" else f"{algo} hyperparameter {name} must be"
+    _one_line_error(argv, capsys, needle)
+    assert not out.exists()
+
+
+def test_every_hyperparameter_has_a_domain_and_a_source() -> None:
+    for algo in loop.ALGOS:
+        fields = {f.name for f in dataclasses.fields(loop.CONFIGS[algo])}
+        assert set(loop.DOMAINS[algo]) == fields
+        for name in fields:  # each default lies in its own domain
+            assert loop.DOMAINS[algo][name][0](getattr(loop.CONFIGS[algo](), name)), name
+
+
+# ---- conformance before training -----------------------------------------------------------------------
+
+
+def test_training_refuses_a_production_path_that_fails_a_clause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A planted production-path bug in a clause the agent calls: exit 2, one line naming the clause,
+    conformance.json says why, no config or checkpoint."""
+    (tmp_path / "broken_impl.py").write_text(
+        "from diffrl_ref.suite.mutants import all_mutants\n"
+        "from diffrl_ref.suite.selftest import base_adapter\n"
+        "m = next(m for m in all_mutants() if m.name == 'fast_diffsr_critic_loss_mean')\n"
+        "IMPL = base_adapter('fast').with_overrides('broken', m.patch)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(gate, "IMPL", "broken_impl:IMPL")
+    out = tmp_path / "run"
+    _one_line_error(_args("diffsr", "InvertedPendulum-v5", out, 300, gate=True), capsys, "clause diffsr.critic_loss")
+    record = json.loads((out / "conformance.json").read_text())
+    assert not record["passed"] and record["clause_status"]["diffsr.critic_loss"] == "fail"
+    assert record["clause_status"]["diffsr.td_target"] == "pass"
+    assert not (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_a_resumed_run_is_checked_again_only_on_another_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    calls: list[str] = []
+    real = gate.check
+
+    def counting(algo: str, device: str, out: Path, impl: str | None = None) -> dict[str, object]:
+        calls.append(device)
+        return real(algo, device, out, impl)
+
+    monkeypatch.setattr(gate, "check", counting)
+    assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 300, gate=True)) == 0
+    assert calls == ["cpu"]
+    assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 450, gate=True)) == 0  # extended: no new check
+    assert calls == ["cpu"]
+    assert not gate.needed(out, "cpu")
+    assert gate.needed(out, "cuda")  # a device change re-checks (no CUDA here to run it)
+    record = json.loads((out / "conformance.json").read_text())
+    record["dtype"] = "bfloat16"
+    (out / "conformance.json").write_text(json.dumps(record))
+    assert gate.needed(out, "cpu")
+
+
+def test_skip_conformance_is_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 250, gate=True)) == 0
+    assert json.loads((out / "config.json").read_text())["skip_conformance"] is False
+    assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 400)) == 0  # resumed with --skip-conformance
+    assert json.loads((out / "config.json").read_text())["skip_conformance"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,33 @@ def test_committed_results_match_their_logs(batch: Path, tmp_path: Path) -> None
     assert (tmp_path / "out" / "results.rst").read_text() == rst
     regenerated = json.loads((tmp_path / "out" / "results.json").read_text())
     assert regenerated == json.loads((batch / "results.json").read_text())
+
+
+def test_sweep_variants_are_separate_groups(tmp_path: Path) -> None:
+    """Runs in a sweep's ENV/NAME/seedSEED layout: grouped by their overrides, labelled by NAME, archived
+    under the same layout (so the archive can be copied back into the sweep folder)."""
+    sweep = tmp_path / "sweep" / "Hopper-v5"
+    paths = []
+    for name, hp in (("default", {}), ("target-every-1", {"target_every": 1})):
+        for seed in (0, 1):
+            run = fake_run(tmp_path / "flat", "diffsr", "Hopper-v5", seed, RETURNS[seed], done=True)
+            conf = json.loads((run / "config.json").read_text())
+            conf["identity"]["hp"] = hp
+            (run / "config.json").write_text(json.dumps(conf))
+            dst = sweep / name / f"seed{seed}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            run.rename(dst)
+            paths.append(dst)
+    out = tmp_path / "out"
+    report.main(paths[::-1], out, [5000])  # the default group first whatever the order given
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in rows] == ["Diff-SR (ours)", "Diff-SR (ours): target-every-1"]
+    assert "hp" not in rows[0] and rows[1]["hp"] == {"target_every": "1"}
+    assert rows[1]["runs"] == ["runs/Hopper-v5/target-every-1/seed0", "runs/Hopper-v5/target-every-1/seed1"]
+    assert rows[0]["runs"] == ["runs/Hopper-v5/default/seed0", "runs/Hopper-v5/default/seed1"]
+    # two groups whose folders share a name would overwrite each other's archive
+    clash = tmp_path / "other" / "Hopper-v5" / "target-every-1" / "seed0"
+    clash.parent.mkdir(parents=True)
+    shutil.copytree(paths[0], clash)
+    with pytest.raises(report.ReportError, match="would both be archived"):
+        report.main([paths[2], clash], tmp_path / "out2", [5000])

@@ -81,6 +81,15 @@ def _critics(q: Tensor, cid: str, name: str) -> Tensor:
     return finite(q, cid, name)
 
 
+def _finite_all(cid: str, tensors: dict[str, Tensor]) -> None:
+    """finite() of several tensors with one device-to-host sync when all pass (then each is checked, to name it)."""
+    for name, t in tensors.items():
+        require(t.is_floating_point(), cid, f"{name} must be a floating tensor, got {t.dtype}")
+    if checking() and not bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+        for name, t in tensors.items():
+            finite(t, cid, name)
+
+
 def _soft_min(q: Tensor, alpha: float | Tensor, log_pi: Tensor | None, cid: str, name: str) -> Tensor:
     """min_i q_i - alpha log pi per row; alpha a float or a 0-d tensor (e.g. a detached learned temperature)."""
     B = q.shape[1]
@@ -352,6 +361,47 @@ def train_step_energy(psi_fn: PsiFn, nu_fn: NuFn, s: Tensor, a: Tensor, s_next: 
 
 
 # ---- online RL with the features (Algorithm 2) ------------------------------------------
+
+
+def critic(psi: Tensor, omegas: Tensor, phases: Tensor, amplitude: float, hidden_w: Tensor | None,
+           hidden_b: Tensor | None, out_w: Tensor, out_b: Tensor) -> Tensor:
+    """Clause ``diffsr.critic``: Q_i = w_i^T h_i + d_i, h_i = elu(W_i z_i + c_i) or z_i, z_i = A cos(omega_i psi + b_i).
+
+    psi (B, m) is a constant of the critic (the caller detaches it); omegas (n, D, m), phases (n, D),
+    hidden_w (n, H, D) and hidden_b (n, H), or both None for the linear head of the deck's spectral
+    Q = phi^T w; out_w (n, H) (or (n, D)), out_b (n,). Returns (n, B), the layout of the other clauses.
+    Each critic is its own matrix product (no batched einsum), so a critic built from nn.Linear layers
+    gives the same numbers.
+    """
+    cid = "diffsr.critic"
+    batch(psi, cid, "psi")
+    m = psi.shape[1]
+    require(omegas.ndim == 3 and omegas.shape[0] >= 1 and omegas.shape[1] >= 1 and omegas.shape[2] == m, cid,
+            f"omegas must have shape (n_critics, D, {m}) with n_critics, D >= 1, got {tuple(omegas.shape)}")
+    n, D = omegas.shape[0], omegas.shape[1]
+    require(tuple(phases.shape) == (n, D), cid, f"phases must have shape ({n}, {D}), got {tuple(phases.shape)}")
+    A = scalar(amplitude, cid, "amplitude", 0.0, _INF)
+    require(A > 0.0, cid, f"amplitude must be > 0, got {A!r}")
+    require((hidden_w is None) == (hidden_b is None), cid, "hidden_w and hidden_b are both given or both None")
+    width = D
+    if hidden_w is not None and hidden_b is not None:
+        require(hidden_w.ndim == 3 and hidden_w.shape[0] == n and hidden_w.shape[1] >= 1 and hidden_w.shape[2] == D,
+                cid, f"hidden_w must have shape ({n}, H, {D}) with H >= 1, got {tuple(hidden_w.shape)}")
+        width = hidden_w.shape[1]
+        require(tuple(hidden_b.shape) == (n, width), cid,
+                f"hidden_b must have shape ({n}, {width}), got {tuple(hidden_b.shape)}")
+    require(tuple(out_w.shape) == (n, width), cid, f"out_w must have shape ({n}, {width}), got {tuple(out_w.shape)}")
+    require(tuple(out_b.shape) == (n,), cid, f"out_b must have shape ({n},), got {tuple(out_b.shape)}")
+    params = {"omegas": omegas, "phases": phases, "hidden_w": hidden_w, "hidden_b": hidden_b, "out_w": out_w,
+              "out_b": out_b}
+    _finite_all(cid, {k: t for k, t in params.items() if t is not None})
+    qs = []
+    for i in range(n):
+        h = A * torch.cos(psi @ omegas[i].T + phases[i])
+        if hidden_w is not None and hidden_b is not None:
+            h = torch.nn.functional.elu(torch.nn.functional.linear(h, hidden_w[i], hidden_b[i]))
+        qs.append(torch.nn.functional.linear(h, out_w[i].unsqueeze(0), out_b[i].unsqueeze(0)).squeeze(-1))
+    return torch.stack(qs)
 
 
 def td_target(r: Tensor, done: Tensor, q_next: Tensor, gamma: float, alpha: float | Tensor = 0.0,

@@ -7,9 +7,9 @@ One training step, after each environment step once learning has started:
    psi(s, a)^T grad nu(s~'; beta^k) comes from ONE vector-Jacobian product of the energy network
    nu (fast.diffsr.score_objective_energy): never the (B, m, ds) Jacobian the official code's
    network outputs.
-2. A double critic on the features, Q_i = head_i(fourier(psi(s, a), omega_i, b_i)): random Fourier
-   features of psi (fast.diffsr.fourier, the phased form sqrt(2/D) cos(omega^T psi + b)), followed
-   by an ELU layer; TD target diffsr.td_target (clipped double Q, entropy term), loss
+2. A double critic on the features, clause diffsr.critic (fast.diffsr.critic): random Fourier
+   features of psi, z_i = A cos(omega_i^T psi + b_i) with trained omega_i and b_i, followed by one
+   ELU layer and a linear output; TD target diffsr.td_target (clipped double Q, entropy term), loss
    diffsr.critic_loss. psi is a constant for the critic: only score matching shapes it.
 3. The tanh-Gaussian actor maximises diffsr.policy_objective (min_i Q_i - alpha log pi); alpha is
    tuned to the target entropy -|A| (Haarnoja et al., 2018b).
@@ -38,17 +38,23 @@ from ..fast.schedule import Schedule
 
 @dataclass
 class DiffSRConfig:
-    """Hyperparameters; ``source`` of each in :data:`HYPERPARAMETERS`."""
+    """Hyperparameters; ``source`` of each in :data:`HYPERPARAMETERS`, domain in :data:`DOMAINS`."""
 
     feature_dim: int = 256
     psi_hidden: int = 256
     nu_hidden: int = 512
     rff_dim: int = 256
     rff_bandwidth: float = 16.0
+    rff_init: str = "gaussian"
+    feature_amplitude: str = "sqrt(2/D)"
     hidden: int = 256
+    critic_head: str = "elu"
+    activation: str = "relu"
+    actor_init: str = "default"
     levels: int = 1000
     level_a: float = 0.3
     level_b: float = 0.1
+    noise_scale: float = 1.0
     weighting: str = "beta"
     feature_steps: int = 1
     rep_lr: float = 3e-3
@@ -63,11 +69,37 @@ class DiffSRConfig:
     learning_starts: int = 10_000
     buffer_size: int = 1_000_000
 
+    def check(self) -> None:
+        """Relations between fields that no single domain states."""
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError(f"log_std_min ({self.log_std_min}) must be < log_std_max ({self.log_std_max})")
+
+
+#: name -> (test, the domain in words): each --hp value is checked before anything is created.
+DOMAINS: dict[str, tuple[Any, str]] = {
+    **{k: (lambda v: v >= 1, "an integer >= 1") for k in (
+        "feature_dim", "psi_hidden", "nu_hidden", "rff_dim", "hidden", "levels", "feature_steps", "batch_size",
+        "target_every", "buffer_size")},
+    "learning_starts": (lambda v: v >= 0, "an integer >= 0"),
+    **{k: (lambda v: 0 < v < math.inf, "a number > 0") for k in (
+        "rff_bandwidth", "level_a", "level_b", "noise_scale", "rep_lr", "lr", "alpha_init")},
+    "gamma": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "tau": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "log_std_min": (lambda v: math.isfinite(v), "a finite number below log_std_max"),
+    "log_std_max": (lambda v: math.isfinite(v), "a finite number above log_std_min"),
+    "weighting": (lambda v: v in ("beta", "beta2", "none"), "one of beta, beta2, none"),
+    "rff_init": (lambda v: v in ("gaussian", "linear"), "one of gaussian, linear"),
+    "feature_amplitude": (lambda v: v in ("sqrt(2/D)", "1"), "one of sqrt(2/D), 1"),
+    "activation": (lambda v: v in ("relu", "elu"), "one of relu, elu"),
+    "critic_head": (lambda v: v in ("elu", "linear"), "one of elu, linear"),
+    "actor_init": (lambda v: v in ("default", "orthogonal"), "one of default, orthogonal"),
+}
+
 
 #: (name, value, source) rows for the docs; value filled from :class:`DiffSRConfig`.
 HYPERPARAMETERS: dict[str, str] = {
     "feature_dim": "official code (rl-rep agent/diffsrsac: feature_dim=256)",
-    "psi_hidden": "official code (Phi: one hidden layer of 256, ReLU)",
+    "psi_hidden": "official code (Phi: one hidden layer of 256; its activation is ELU, see activation)",
     "nu_hidden": "official code (its nabla-mu network: one hidden layer of 512); SiLU here, because the score is "
                  "grad nu and a ReLU network's gradient is piecewise constant in s~'",
     "rff_dim": "official code (RFFCritic l1: hidden_dim=256 features, sin of a linear map)",
@@ -75,12 +107,26 @@ HYPERPARAMETERS: dict[str, str] = {
                      "official critic's nn.Linear initialisation; the paper's unit bandwidth gave omega^T psi a "
                      "spread of 19 rad on HalfCheetah (norm of psi about 20) and a critic that did not learn "
                      "(docs/rl.rst)",
+    "rff_init": "ours: omega ~ N(0, I / h^2), b ~ U[0, 2 pi), the random Fourier features of the Gaussian kernel "
+                "(Rahimi and Recht, 2007), the deck's phi_omega; 'linear' is the official code's nn.Linear default "
+                "(omega and b ~ U(-1/sqrt(m), 1/sqrt(m)), sin = cos shifted by -pi/2)",
+    "feature_amplitude": "ours: A = sqrt(2/D), the random-feature normalisation of the deck's phi_omega (so that "
+                         "z^T z approximates the kernel); the official critic uses sin of a linear map, A = 1",
     "hidden": "official code (critic and actor hidden_dim=256)",
+    "critic_head": "official code (RFFCritic: one ELU layer of hidden_dim, then a linear output); 'linear' is the "
+                   "deck's Q linear in the features (clause diffsr.critic)",
+    "activation": "ours: ReLU in psi and the actor (stable-baselines3's SAC actor); the official Phi and actor use "
+                  "ELU (utils.util.mlp); 'elu' restores it",
+    "actor_init": "ours: PyTorch's default initialisation; the official actor is initialised orthogonally with zero "
+                  "biases (utils.util.weight_init); 'orthogonal' restores it",
+    "noise_scale": "Algorithm 1 and the spec (eps ~ N(0, I)); the official code scales eps by "
+                   "sigma_scale_factor=0.449",
     "levels": "official code (num_noises=1000)",
     "level_a": "official code (beta^k = Beta(0.3, 0.1) CDF on a uniform grid: DARL_noise_a)",
     "level_b": "official code (DARL_noise_b)",
     "weighting": "ours: lambda(beta) = beta (Song et al., ICLR 2021, lambda = sigma^2); Algorithm 1's unweighted mean "
-                 "('none') has target variance ds / beta, dominated by the smallest levels",
+                 "('none') has target variance ds / beta, dominated by the smallest levels; 'beta2' "
+                 "(lambda = beta^2) is the official code's weight in the spec's parameterisation",
     "feature_steps": "ours: one representation update per environment step, for throughput (docs/rl.rst measures "
                      "both); the official code makes 4 (1 + extra_feature_steps=3)",
     "rep_lr": "official code (phi_and_nabla_mu_lr=3e-3)",
@@ -121,9 +167,9 @@ def mlp(sizes: list[int], act: type[nn.Module]) -> nn.Sequential:
 class Psi(nn.Module):
     """psi(s, a) -> (B, m), the state-action features."""
 
-    def __init__(self, ds: int, da: int, hidden: int, m: int) -> None:
+    def __init__(self, ds: int, da: int, hidden: int, m: int, act: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
-        self.net = mlp([ds + da, hidden, m], nn.ReLU)
+        self.net = mlp([ds + da, hidden, m], act)
 
     def forward(self, s: Tensor, a: Tensor) -> Tensor:
         out: Tensor = self.net(torch.cat([s, a], dim=-1))
@@ -143,32 +189,56 @@ class Nu(nn.Module):
 
 
 class RFFCritic(nn.Module):
-    """n critics Q_i(psi) = w_i^T elu(W_i fourier(psi; omega_i, b_i) + c_i) + d_i.
+    """n critics on the features, clause ``diffsr.critic`` (:func:`diffrl_ref.fast.diffsr.critic`).
 
-    omega_i ~ N(0, I / h^2) and b_i ~ U[0, 2 pi) at initialisation.
-
-    Random Fourier features of the Gaussian kernel of bandwidth h; the frequencies are then trained,
-    as the official critic's first layer (sin of a trainable linear map).
+    Q_i(psi) = w_i^T elu(W_i z_i + c_i) + d_i with z_i = A cos(omega_i psi + b_i). ``init='gaussian'``:
+    omega_i ~ N(0, I / h^2), b_i ~ U[0, 2 pi), the random Fourier features of the Gaussian kernel of
+    bandwidth h; ``init='linear'``: the official critic's first layer, sin(nn.Linear(psi)) at its default
+    initialisation. The frequencies and phases are then trained, as the official critic's first layer.
     """
 
-    def __init__(self, m: int, D: int, hidden: int, n: int = 2, bandwidth: float = 1.0) -> None:
+    def __init__(self, m: int, D: int, hidden: int, n: int = 2, bandwidth: float = 1.0, init: str = "gaussian",
+                 amplitude: float | None = None, head: str = "elu") -> None:
         super().__init__()
-        self.omegas = nn.Parameter(torch.randn(n, D, m) / bandwidth)
-        self.phases = nn.Parameter(2 * math.pi * torch.rand(n, D))
-        self.heads = nn.ModuleList([mlp([D, hidden, 1], nn.ELU) for _ in range(n)])
+        if init == "gaussian":
+            omegas, phases = torch.randn(n, D, m) / bandwidth, 2 * math.pi * torch.rand(n, D)
+        else:
+            first = [nn.Linear(m, D) for _ in range(n)]
+            omegas = torch.stack([f.weight.detach() for f in first])
+            phases = torch.stack([f.bias.detach() for f in first]) - math.pi / 2  # sin(x) = cos(x - pi/2)
+        self.omegas, self.phases = nn.Parameter(omegas), nn.Parameter(phases)
+        self.amplitude = math.sqrt(2.0 / D) if amplitude is None else amplitude
+        # built as nn.Linear layers (their initialisation, drawn in this order), held as stacked tensors
+        self.hidden_w: nn.Parameter | None = None
+        self.hidden_b: nn.Parameter | None = None
+        if head == "linear":  # the deck's Q = w^T z + d
+            outs = [nn.Linear(D, 1) for _ in range(n)]
+        else:
+            heads = [(nn.Linear(D, hidden), nn.Linear(hidden, 1)) for _ in range(n)]
+            self.hidden_w = nn.Parameter(torch.stack([h.weight.detach() for h, _ in heads]))
+            self.hidden_b = nn.Parameter(torch.stack([h.bias.detach() for h, _ in heads]))
+            outs = [o for _, o in heads]
+        self.out_w = nn.Parameter(torch.stack([o.weight.detach()[0] for o in outs]))
+        self.out_b = nn.Parameter(torch.stack([o.bias.detach()[0] for o in outs]))
 
     def forward(self, psi: Tensor) -> Tensor:
         """(n_critics, B): the layout of the diffsr clauses."""
-        return torch.stack([head(F.fourier(psi, self.omegas[i], self.phases[i])).squeeze(-1)
-                            for i, head in enumerate(self.heads)])
+        return F.critic(psi, self.omegas, self.phases, self.amplitude, self.hidden_w, self.hidden_b,
+                        self.out_w, self.out_b)
 
 
 class TanhGaussianActor(nn.Module):
     """a = tanh(u), u ~ N(mu(s), diag sigma(s)^2); log pi with the tanh Jacobian (Haarnoja et al., 2018, App. C)."""
 
-    def __init__(self, ds: int, da: int, hidden: int, log_std_min: float, log_std_max: float) -> None:
+    def __init__(self, ds: int, da: int, hidden: int, log_std_min: float, log_std_max: float,
+                 act: type[nn.Module] = nn.ReLU, orthogonal: bool = False) -> None:
         super().__init__()
-        self.net = mlp([ds, hidden, hidden, 2 * da], nn.ReLU)
+        self.net = mlp([ds, hidden, hidden, 2 * da], act)
+        if orthogonal:  # the official actor's utils.util.weight_init
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    nn.init.orthogonal_(layer.weight)
+                    nn.init.zeros_(layer.bias)
         self.lo, self.hi = log_std_min, log_std_max
 
     def forward(self, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -244,18 +314,27 @@ class DiffSRAgent:
     name = "diffsr"
 
     def __init__(self, ds: int, da: int, cfg: DiffSRConfig, device: str = "cpu") -> None:
-        if cfg.weighting not in ("beta", "none"):
-            raise ValueError(f"weighting must be 'beta' or 'none', got {cfg.weighting!r}")
+        for name, (test, domain) in DOMAINS.items():
+            if not test(getattr(cfg, name)):
+                raise ValueError(f"diffsr hyperparameter {name} must be {domain}, got {getattr(cfg, name)!r}")
+        cfg.check()
         self.cfg, self.device, self.da = cfg, torch.device(device), da
         dev = self.device
+        act = {"relu": nn.ReLU, "elu": nn.ELU}[cfg.activation]
         self.sched = level_schedule(cfg.levels, cfg.level_a, cfg.level_b, dev)
-        self.psi = Psi(ds, da, cfg.psi_hidden, cfg.feature_dim).to(dev)
+        self.psi = Psi(ds, da, cfg.psi_hidden, cfg.feature_dim, act).to(dev)
         self.nu = Nu(ds, cfg.nu_hidden, cfg.feature_dim).to(dev)
-        self.critic = RFFCritic(cfg.feature_dim, cfg.rff_dim, cfg.hidden, bandwidth=cfg.rff_bandwidth).to(dev)
-        self.critic_target = RFFCritic(cfg.feature_dim, cfg.rff_dim, cfg.hidden, bandwidth=cfg.rff_bandwidth).to(dev)
+        amplitude = None if cfg.feature_amplitude == "sqrt(2/D)" else 1.0
+
+        def make_critic() -> RFFCritic:
+            return RFFCritic(cfg.feature_dim, cfg.rff_dim, cfg.hidden, bandwidth=cfg.rff_bandwidth,
+                             init=cfg.rff_init, amplitude=amplitude, head=cfg.critic_head).to(dev)
+
+        self.critic, self.critic_target = make_critic(), make_critic()
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.actor = TanhGaussianActor(ds, da, cfg.hidden, cfg.log_std_min, cfg.log_std_max).to(dev)
+        self.actor = TanhGaussianActor(ds, da, cfg.hidden, cfg.log_std_min, cfg.log_std_max, act,
+                                       orthogonal=cfg.actor_init == "orthogonal").to(dev)
         self.log_alpha = torch.tensor(math.log(cfg.alpha_init), device=dev, requires_grad=True)
         self.target_entropy = -float(da)
         self.rep_opt = torch.optim.Adam([*self.psi.parameters(), *self.nu.parameters()], lr=cfg.rep_lr)
@@ -296,15 +375,20 @@ class DiffSRAgent:
     # ---- the three updates --------------------------------------------------------------------
 
     def representation_loss(self, s: Tensor, a: Tensor, s_next: Tensor) -> Tensor:
-        """Algorithm 1 on a batch: k ~ U{1..K}, eps ~ N(0, I), s~' = ddpm.noise; weighted diffsr.score_objective."""
+        """Algorithm 1 on a batch: k ~ U{1..K}, eps ~ N(0, sigma^2 I), s~' = ddpm.noise; weighted score_objective."""
         B = s.shape[0]
         k = torch.randint(1, self.sched.K + 1, (B,), device=self.device)
+        # noise_scale sigma: s~' = sqrt(1 - beta) s' + sqrt(beta) sigma eps (the official perturbation). The
+        # objective's target (s~' - sqrt(1 - beta) s') / beta is then sigma^2 times the score of that kernel,
+        # a constant factor the model psi^T grad nu absorbs; per row the official loss is beta^2 times this one.
+        eps = self.cfg.noise_scale * torch.randn_like(s_next)
         if self.cfg.weighting == "none":
-            return F.train_step_energy(self.psi, self.nu, s, a, s_next, torch.randn_like(s_next), self.sched, k)
-        s_tilde = ddpm.noise(s_next, torch.randn_like(s_next), self.sched, k)
+            return F.train_step_energy(self.psi, self.nu, s, a, s_next, eps, self.sched, k)
+        s_tilde = ddpm.noise(s_next, eps, self.sched, k)
         beta = self.sched.one_minus_alpha_bar[k]
         per_row = F.score_objective_energy(self.psi(s, a), self.nu, s_tilde, s_next, beta)
-        return torch.mean(beta * per_row)
+        weight = beta if self.cfg.weighting == "beta" else beta * beta
+        return torch.mean(weight * per_row)
 
     def representation_step(self, s: Tensor, a: Tensor, s_next: Tensor) -> Tensor:
         loss = self.representation_loss(s, a, s_next)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import json
-import math
 import os
 import shutil
 import signal
@@ -33,12 +33,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import envs
+from . import diffsr, envs, gate, sac
 from .diffsr import DiffSRAgent, DiffSRConfig
 from .sac import SB3SAC, SACConfig
 
 ALGOS = ("diffsr", "sac")
 CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig}
+DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac": sac.DOMAINS}
 EVAL_COLUMNS = ["step", "return_mean", "return_std", "length_mean", "success_rate", "train_seconds"]
 TRAIN_COLUMNS = ["step", "steps_per_s", "critic_loss", "actor_loss", "alpha", "rep_loss"]
 EPISODE_COLUMNS = ["step", "episode", "return", "length", "success"]
@@ -71,6 +72,7 @@ class RunConfig:
     log_every: int = 1000
     hp: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    skip_conformance: bool = False
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder to be resumed (steps may grow; device and logging may change)."""
@@ -89,15 +91,21 @@ def agent_config(algo: str, overrides: dict[str, str]) -> Any:
         if name not in fields:
             raise RunError(f"unknown {algo} hyperparameter {name!r}: expected one of {', '.join(fields)}")
         kind: Any = type(fields[name].default)
+        test, domain = DOMAINS[algo][name]
         try:
             value = kind(float(raw)) if kind is int and float(raw).is_integer() else kind(raw)
-        except ValueError:
-            what = {int: "an integer", float: "a number"}.get(kind, "a string")
-            raise RunError(f"{algo} hyperparameter {name} must be {what}, got {raw!r}") from None
-        if kind in (int, float) and not (math.isfinite(value) and value >= 0):
-            raise RunError(f"{algo} hyperparameter {name} must be finite and >= 0, got {raw!r}")
+            ok = bool(test(value))
+        except (ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise RunError(f"{algo} hyperparameter {name} must be {domain}, got {raw!r}")
         values[name] = value
-    return cls(**values)
+    cfg = cls(**values)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise RunError(f"{algo} hyperparameters: {exc}") from None
+    return cfg
 
 
 def make_agent(algo: str, cfg: Any, env: Any, seed: int, device: str) -> Agent:
@@ -232,11 +240,30 @@ class DeferredInterrupt:
 
 def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) ``cfg`` in ``out`` until ``cfg.steps`` environment steps; returns the summary."""
-    from tqdm import tqdm
-
     envs.check_name(cfg.env)
     agent_cfg = agent_config(cfg.algo, {k: str(v) for k, v in cfg.hp.items()})
     ck = prepare(cfg, out)
+    lock = open(out / ".lock", "a")  # noqa: SIM115 - held until this function returns
+    try:  # two processes writing one folder (a sweep rerun while an old worker lives) would corrupt it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise RunError(f"{out} is in use by another process") from None
+    try:
+        if cfg.skip_conformance:
+            if gate.CLAUSES[cfg.algo]:
+                print(f"train: --skip-conformance: {cfg.algo}'s clauses are not checked on {cfg.device}",
+                      file=sys.stderr)
+        elif ck is None or gate.needed(out, cfg.device):
+            gate.check(cfg.algo, cfg.device, out)
+        return _train(cfg, out, progress, agent_cfg, ck)
+    finally:
+        lock.close()
+
+
+def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[str, Any] | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
     if ck is not None and ck["state"]["t"] > cfg.steps:
         raise RunError(f"{out} is checkpointed at step {ck['state']['t']}, beyond --steps {cfg.steps}")
     done_path = out / "done.json"
@@ -257,9 +284,14 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
         shutil.rmtree(out / "tb", ignore_errors=True)  # a fresh start leaves no stale TensorBoard events
         atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(
             {"identity": cfg.identity(), "resolved": dataclasses.asdict(agent_cfg),
-             "torch": torch.__version__}, indent=1)))
+             "torch": torch.__version__, "skip_conformance": cfg.skip_conformance}, indent=1)))
         done_path.unlink(missing_ok=True)
     else:
+        if cfg.skip_conformance:  # recorded for every start that skipped the check
+            conf = json.loads((out / "config.json").read_text())
+            if not conf.get("skip_conformance"):
+                conf["skip_conformance"] = True
+                atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(conf, indent=1)))
         agent.load_state_dict(ck["agent"])
         st = State(**ck["state"])
         rng.bit_generator.state = ck["rng"]["loop"]

@@ -1,6 +1,8 @@
 """Learning curves and the results table of ``diffrl train`` run folders (``diffrl plot``).
 
-Runs are grouped by (environment, algorithm); the seeds of a group are its members. The metric is the
+Runs are grouped by (environment, algorithm, hyperparameter overrides); the seeds of a group are its members.
+A group with overrides (a ``diffrl sweep`` variant) is labelled by the name of its first run's parent folder
+(the sweep's group name, ``ENV/NAME/seedSEED``); ``results.json`` lists its overrides under ``hp``. The metric is the
 evaluation return for MuJoCo environments and the evaluation success rate for MetaWorld tasks. These are
 written to the output folder:
 
@@ -18,11 +20,14 @@ written to the output folder:
     (every seed has finished, that is has ``done.json``) with ``in_progress`` (the seeds that have not).
 ``results.rst``
     The same as a reStructuredText list table, followed by a note per group whose runs are in progress.
-``runs/ENV/ALGO/seedSEED/``
-    The logs of each run (``config.json``, ``eval.csv``, ``train.csv``, ``episodes.csv``, ``done.json``; no
-    checkpoint, no TensorBoard files): about 6 kB a run, which let the table and the plot be regenerated, and
-    checked, from a repository alone, since the run folders themselves are large and short-lived. Running
-    the command on these copies with the same ``--out`` rewrites the same files.
+``runs/ENV/NAME/seedSEED/``
+    NAME is the run folder's parent when the folder is named ``seedSEED`` (the layout of ``diffrl sweep``,
+    so an archive copied back into a sweep folder lets the sweep skip its finished cells), else the
+    algorithm (with the overrides for a variant). The logs of each run (``config.json``, ``eval.csv``,
+    ``train.csv``, ``episodes.csv``, ``done.json``; no checkpoint, no TensorBoard files): about 6 kB a run,
+    which let the table and the plot be regenerated, and checked, from a repository alone, since the run
+    folders themselves are large and short-lived. Running the command on these copies with the same
+    ``--out`` rewrites the same files.
 
 Standard deviations are numpy's default (population, ``ddof=0``): 0 for a single seed in the JSON, never
 NaN; the table prints a single seed's value without a spread.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -63,13 +69,19 @@ class Run:
     evals: list[dict[str, float]]  # eval.csv rows, by step
     seconds_per_1k: float | None  # learning-phase wall seconds per 1000 steps; None before learning
     done: bool
+    hp: tuple[tuple[str, str], ...] = ()  # the run's --hp overrides, sorted
+
+    @property
+    def variant(self) -> str:
+        """'name=value, ...' of the overrides; '' for the defaults."""
+        return ", ".join(f"{k}={v}" for k, v in self.hp)
 
     @property
     def last_step(self) -> int:
         return int(self.evals[-1]["step"])
 
 
-Group = tuple[str, str]  # (env, algo)
+Group = tuple[str, str, str]  # (env, algo, variant)
 
 
 # ---- reading run folders -------------------------------------------------------------------------
@@ -107,6 +119,7 @@ def load_run(path: Path) -> Run:
     try:
         ident = json.loads(conf.read_text())["identity"]
         env, algo, seed, every = str(ident["env"]), str(ident["algo"]), int(ident["seed"]), int(ident["eval_every"])
+        hp = tuple(sorted((str(k), str(v)) for k, v in dict(ident.get("hp") or {}).items()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"cannot read {conf}: {type(exc).__name__} {exc}") from None
     # a run being written may end in a torn row: keep only rows with the step and the metric
@@ -118,19 +131,24 @@ def load_run(path: Path) -> Run:
         done = json.loads(done_path.read_text()) if done_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read {done_path}: {exc}") from None
-    return Run(path, env, algo, seed, every, evals, _throughput(path, done), done is not None)
+    return Run(path, env, algo, seed, every, evals, _throughput(path, done), done is not None, hp)
 
 
 def group(runs: list[Run]) -> dict[Group, list[Run]]:
-    """Runs by (env, algo), envs sorted, algorithms in loop.ALGOS order, seeds ascending."""
+    """Runs by (env, algo, variant); envs sorted, algorithms in loop.ALGOS order, defaults first, seeds ascending."""
     out: dict[Group, list[Run]] = {}
-    for run in runs:
-        members = out.setdefault((run.env, run.algo), [])
+    first: dict[Group, int] = {}
+    for i, run in enumerate(runs):
+        key = (run.env, run.algo, run.variant)
+        first.setdefault(key, i)
+        members = out.setdefault(key, [])
         twin = next((m for m in members if m.seed == run.seed), None)
         if twin is not None:
-            raise ReportError(f"{twin.path} and {run.path} are both {run.algo} on {run.env} with seed {run.seed}")
+            what = run.algo + (f" ({run.variant})" if run.variant else "")
+            raise ReportError(f"{twin.path} and {run.path} are both {what} on {run.env} with seed {run.seed}")
         members.append(run)
-    keys = sorted(out, key=lambda k: (k[0], ALGO_ORDER.get(k[1], len(ALGO_ORDER)), k[1]))
+    # variants in the order their runs were given (a sweep's grid order)
+    keys = sorted(out, key=lambda k: (k[0], ALGO_ORDER.get(k[1], len(ALGO_ORDER)), k[1], k[2] != "", first[k]))
     return {k: sorted(out[k], key=lambda r: r.seed) for k in keys}
 
 
@@ -157,11 +175,20 @@ def curve(runs: list[Run], col: str | None = None) -> tuple[np.ndarray, np.ndarr
 
 def archived(run: Run) -> Path:
     """Where ``run``'s logs are copied, relative to the output folder."""
-    return Path("runs") / run.env / run.algo / f"seed{run.seed}"
+    if run.path.name == f"seed{run.seed}":  # the ENV/NAME/seedSEED layout of diffrl sweep and the docs: kept
+        return Path("runs") / run.env / run.path.parent.name / f"seed{run.seed}"
+    if not run.hp:
+        return Path("runs") / run.env / run.algo / f"seed{run.seed}"
+    slug = "+".join(re.sub(r"[^A-Za-z0-9._=-]", "_", f"{k}={v}") for k, v in run.hp)
+    return Path("runs") / run.env / f"{run.algo}-{slug}" / f"seed{run.seed}"
+
+
+def label(run: Run) -> str:
+    return LABELS.get(run.algo, run.algo) + (f": {run.path.parent.name}" if run.hp else "")
 
 
 def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
-    env, algo = key
+    env, algo, variant = key
     table: dict[str, dict[str, float]] = {}
     for step in at:
         values = [value_at(run, step) for run in runs]
@@ -170,7 +197,8 @@ def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
             table[str(step)] = {"mean": float(arr.mean()), "std": float(arr.std()), "n": len(values)}
     speeds = [r.seconds_per_1k for r in runs if r.seconds_per_1k is not None]
     per_1k = float(np.mean(speeds)) if speeds else None
-    return {"env": env, "algo": algo, "label": LABELS.get(algo, algo), "seeds": [r.seed for r in runs],
+    extra = {"hp": dict(runs[0].hp)} if variant else {}
+    return {"env": env, "algo": algo, **extra, "label": label(runs[0]), "seeds": [r.seed for r in runs],
             "runs": [archived(r).as_posix() for r in runs], "steps_reached": min(r.last_step for r in runs),
             "metric": metric(env), "at": table, "seconds_per_1k_steps": per_1k,
             "steps_per_s": 1000.0 / per_1k if per_1k else None, "complete": all(r.done for r in runs),
@@ -232,7 +260,7 @@ def plot(groups: dict[Group, list[Run]], path: Path) -> None:
     from matplotlib.ticker import FuncFormatter
 
     # MetaWorld tasks get a second panel with the return: success alone is flat until a task is solved
-    panels = [(env, col) for env in sorted({env for env, _ in groups})
+    panels = [(env, col) for env in sorted({key[0] for key in groups})
               for col in ((column(env), "return_mean") if envs.is_metaworld(env) else (column(env),))]
     ncols = 2 if all(envs.is_metaworld(env) for env, _ in panels) else min(3, len(panels))  # a task's pair per row
     nrows = math.ceil(len(panels) / ncols)
@@ -240,14 +268,15 @@ def plot(groups: dict[Group, list[Run]], path: Path) -> None:
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (env, col) in zip(axes.flat, panels, strict=False):
-        for (g_env, algo), runs in groups.items():
-            if g_env != env:
-                continue
+        lines = [(k, runs) for k, runs in groups.items() if k[0] == env]
+        variants = any(k[2] for k, _ in lines)
+        for i, ((_, algo, _), runs) in enumerate(lines):
             steps, mean, std = curve(runs, col)
             n = len(runs)
-            color = COLORS.get(algo)
-            ax.plot(steps, mean, color=color, marker="o" if len(steps) == 1 else None,
-                    label=f"{LABELS.get(algo, algo)} ({n} seed{'s' if n != 1 else ''})")
+            color = f"C{i % 10}" if variants else COLORS.get(algo)
+            style = "--" if variants and i >= 10 else "-"
+            ax.plot(steps, mean, style, color=color, marker="o" if len(steps) == 1 else None,
+                    label=f"{label(runs[0])} ({n} seed{'s' if n != 1 else ''})")
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         ax.set(title=env, xlabel="environment steps",
                ylabel="success rate" if col == "success_rate" else "evaluation return")
@@ -266,7 +295,11 @@ def plot(groups: dict[Group, list[Run]], path: Path) -> None:
 
 def archive(runs: list[Run], out: Path) -> None:
     """Copy each run's logs to ``out/runs``; refuse if that folder holds runs outside this table."""
-    wanted = {(out / archived(r)).resolve() for r in runs}
+    paths = [archived(r) for r in runs]
+    clash = next((p for p in paths if paths.count(p) > 1), None)
+    if clash is not None:
+        raise ReportError(f"two runs of different groups would both be archived as {clash}: rename a folder")
+    wanted = {(out / p).resolve() for p in paths}
     root = out / "runs"
     stale = sorted(str(c.parent) for c in root.glob("*/*/seed*/config.json") if c.parent.resolve() not in wanted)
     if stale:

@@ -24,6 +24,18 @@ class SACConfig:
     hidden: int = 256
     learning_starts: int = 10_000
 
+    def check(self) -> None:
+        """No relation between fields to check (the interface of DiffSRConfig.check)."""
+
+
+#: name -> (test, the domain in words), as diffsr.DOMAINS.
+DOMAINS: dict[str, tuple[Any, str]] = {
+    "learning_rate": (lambda v: 0 < v < float("inf"), "a number > 0"),
+    **{k: (lambda v: v >= 1, "an integer >= 1") for k in ("buffer_size", "batch_size", "hidden")},
+    "learning_starts": (lambda v: v >= 0, "an integer >= 0"),
+    "tau": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "gamma": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
 
 HYPERPARAMETERS: dict[str, str] = {
     "learning_rate": "stable-baselines3 SAC default",

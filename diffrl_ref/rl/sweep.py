@@ -1,0 +1,210 @@
+"""``diffrl sweep GRID.yaml --out DIR``: every cell of a grid as a Ray task, through the resumable training loop.
+
+A grid file::
+
+    steps: 50000              # environment steps of every cell
+    seeds: [0, 1, 2]
+    envs: [HalfCheetah-v5]
+    groups:                   # one line of the results table each
+      - {algo: diffsr}
+      - {algo: diffsr, name: feature-steps-4, hp: {feature_steps: 4}}
+      - {algo: sac}
+    eval_every: 5000          # optional, as the flags of ``diffrl train``
+    eval_episodes: 10
+    checkpoint_every: 10000
+
+The cell (env, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
+its algorithm), exactly as ``diffrl train ALGO --env ENV --seed SEED --steps STEPS --hp ... --out`` that
+folder would. Rerunning the sweep skips finished cells (their ``done.json``) and resumes the others from
+their checkpoints; a cell that fails is reported and retried once while the others go on. Without
+``--address`` a local Ray instance with ``--runs-at-once`` CPUs is started, each run using
+``--threads`` torch threads; with it, the cells go to that Ray cluster, whose workers must see ``DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import envs, loop
+
+GRID_KEYS = {"steps", "seeds", "envs", "groups", "eval_every", "eval_episodes", "checkpoint_every"}
+GROUP_KEYS = {"algo", "name", "hp"}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class SweepError(ValueError):
+    """A grid that cannot run; the CLI prints it as one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    algo: str
+    env: str
+    seed: int
+    steps: int
+    group: str
+    hp: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 5000
+    eval_episodes: int = 10
+    checkpoint_every: int = 10_000
+
+    def folder(self, out: Path) -> Path:
+        return out / self.env / self.group / f"seed{self.seed}"
+
+    def label(self) -> str:
+        return f"{self.env}/{self.group}/seed{self.seed}"
+
+    def run_config(self, skip_conformance: bool = False) -> loop.RunConfig:
+        return loop.RunConfig(algo=self.algo, env=self.env, seed=self.seed, steps=self.steps,
+                              eval_every=self.eval_every, eval_episodes=self.eval_episodes,
+                              checkpoint_every=self.checkpoint_every, hp=dict(self.hp),
+                              skip_conformance=skip_conformance)
+
+
+def _positive_int(grid: dict[str, Any], key: str, default: int | None = None) -> int:
+    v = grid.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise SweepError(f"grid: {key} must be an integer >= 1, got {v!r}")
+    return v
+
+
+def load_grid(path: Path) -> list[Cell]:
+    """The grid's cells, every value checked (hyperparameters against their domains) before anything runs."""
+    try:
+        grid = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SweepError(f"cannot read grid {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(grid, dict):
+        raise SweepError(f"grid {path} must be a mapping with keys {', '.join(sorted(GRID_KEYS))}")
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise SweepError(f"grid: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                         f"expected {', '.join(sorted(GRID_KEYS))}")
+    steps = _positive_int(grid, "steps")
+    every = {k: _positive_int(grid, k, d) for k, d in
+             (("eval_every", 5000), ("eval_episodes", 10), ("checkpoint_every", 10_000))}
+    seeds, env_ids, groups = grid.get("seeds"), grid.get("envs"), grid.get("groups")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                      for s in seeds) and len(set(seeds)) == len(seeds)):
+        raise SweepError(f"grid: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    if not (isinstance(env_ids, list) and env_ids and all(isinstance(e, str) for e in env_ids)):
+        raise SweepError(f"grid: envs must be a list of environment names, got {env_ids!r}")
+    for env in env_ids:
+        try:
+            envs.check_name(env)
+        except envs.EnvError as exc:
+            raise SweepError(f"grid: {exc}") from None
+    if not (isinstance(groups, list) and groups):
+        raise SweepError("grid: groups must be a list of {algo, name, hp} entries")
+    cells: list[Cell] = []
+    names: set[str] = set()
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict) or "algo" not in g or set(g) - GROUP_KEYS:
+            raise SweepError(f"grid: group {i + 1} must have algo and optionally name and hp, got {g!r}")
+        hp = g.get("hp") or {}
+        if not isinstance(hp, dict):
+            raise SweepError(f"grid: group {i + 1}: hp must be a mapping, got {hp!r}")
+        try:
+            resolved = loop.agent_config(str(g["algo"]), {str(k): str(v) for k, v in hp.items()})
+        except loop.RunError as exc:
+            raise SweepError(f"grid: group {i + 1}: {exc}") from None
+        name = str(g.get("name", g["algo"]))
+        if not NAME.match(name) or name in names:
+            raise SweepError(f"grid: group {i + 1}: name {name!r} must be unique, letters, digits, '.', '_' or '-'")
+        names.add(name)
+        typed = {str(k): getattr(resolved, str(k)) for k in sorted(hp)}
+        cells += [Cell(str(g["algo"]), env, seed, steps, name, typed, **every) for env in env_ids for seed in seeds]
+    return cells
+
+
+def is_done(cell: Cell, out: Path) -> bool:
+    done = cell.folder(out) / "done.json"
+    try:
+        return bool(json.loads(done.read_text()).get("steps") == cell.steps)
+    except (OSError, ValueError):
+        return False
+
+
+def run_cell(cell: dict[str, Any], out: str, threads: int, skip_conformance: bool = False) -> dict[str, Any]:
+    """One cell in this process (a Ray worker): the same code as ``diffrl train``; errors come back as text."""
+    import torch
+
+    torch.set_num_threads(threads)
+    c = Cell(**cell)
+    folder = c.folder(Path(out))
+    try:
+        summary = loop.train(c.run_config(skip_conformance), folder, progress=False)
+        return {"ok": True, "summary": summary}
+    except Exception as exc:  # noqa: BLE001 - reported per cell; the sweep goes on
+        return {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+
+
+def main(grid_path: Path, out: Path, runs_at_once: int | None, address: str | None, threads: int,
+         retries: int = 1, skip_conformance: bool = False) -> int:
+    """Run the grid; returns the exit status (0 all cells done, 1 some failed after their retries)."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepError("diffrl sweep needs Ray: pip install 'diffrl-ref[sweep]'") from None
+    cells = load_grid(grid_path)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.yaml").write_text(grid_path.read_text())
+    todo = [c for c in cells if not is_done(c, out)]
+    print(f"sweep: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run", flush=True)
+    if not todo:
+        return 0
+    cpus = runs_at_once or max(1, (os.cpu_count() or 1) // threads)
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cpus * threads, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=threads, max_retries=0)(run_cell)
+    attempts: dict[str, int] = {}
+    pending: dict[Any, Cell] = {}
+
+    def submit(c: Cell) -> None:
+        attempts[c.label()] = attempts.get(c.label(), 0) + 1
+        pending[remote.remote(asdict(c), str(out.resolve()), threads, skip_conformance)] = c
+
+    for c in todo:
+        submit(c)
+    failed: list[str] = []
+    start = time.time()
+    finished = 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            c = pending.pop(ready[0])
+            try:
+                res = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - a worker that died (killed, out of memory)
+                res = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            elapsed = f"{(time.time() - start) / 60:.1f} min"
+            if res["ok"]:
+                finished += 1
+                ev = res["summary"].get("last_eval") or {}
+                ret = f", return {ev['return_mean']:.1f}" if "return_mean" in ev else ""
+                print(f"sweep: [{finished}/{len(todo)}] done {c.label()}{ret} ({elapsed})", flush=True)
+            elif attempts[c.label()] <= retries:
+                print(f"sweep: failed {c.label()}: {res['error']}; retrying ({elapsed})", flush=True)
+                submit(c)
+            else:
+                failed.append(c.label())
+                print(f"sweep: failed {c.label()}: {res['error']}; giving up ({elapsed})", flush=True)
+    finally:
+        ray.shutdown()
+    if failed:
+        print(f"sweep: {len(failed)} cell(s) failed: {', '.join(failed)}; rerun the command to retry them",
+              file=sys.stderr)
+        return 1
+    print(f"sweep: all {len(cells)} cells done in {out}", flush=True)
+    return 0

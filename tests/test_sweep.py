@@ -1,0 +1,104 @@
+"""``diffrl sweep`` (issue 17): a grid of runs as Ray tasks, killed and resumed to the same logs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("ray")
+
+from diffrl_ref import cli  # noqa: E402
+from diffrl_ref.rl import sweep  # noqa: E402
+
+TINY = ("{feature_dim: 16, psi_hidden: 16, nu_hidden: 16, rff_dim: 16, hidden: 16, levels: 20, "
+        "learning_starts: 200, batch_size: 16")
+GRID = f"""
+steps: 1500
+seeds: [0, 1]
+envs: [InvertedPendulum-v5]
+eval_every: 300
+eval_episodes: 2
+checkpoint_every: 150
+groups:
+  - {{algo: diffsr, name: small, hp: {TINY}}}}}
+  - {{algo: diffsr, name: small-target-every-1, hp: {TINY}, target_every: 1}}}}
+"""
+LOGS = ("eval.csv", "train.csv", "episodes.csv")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:  # wall-clock columns differ between any two runs
+        return [{k: v for k, v in r.items() if k not in ("train_seconds", "steps_per_s")} for r in csv.DictReader(fh)]
+
+
+def _sweep(grid: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "diffrl_ref", "sweep", str(grid), "--out", str(out), "--runs-at-once", "2",
+            "--skip-conformance"]
+
+
+def test_grid_cells_and_their_folders(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    cells = sweep.load_grid(grid)
+    assert [(c.group, c.seed) for c in cells] == [("small", 0), ("small", 1), ("small-target-every-1", 0),
+                                                  ("small-target-every-1", 1)]
+    assert cells[2].hp["target_every"] == 1 and isinstance(cells[0].hp["feature_dim"], int)
+    assert cells[3].folder(tmp_path) == tmp_path / "InvertedPendulum-v5" / "small-target-every-1" / "seed1"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("steps: 0\nseeds: [0]\nenvs: [Hopper-v5]\ngroups: [{algo: sac}]", "steps must be an integer >= 1"),
+    ("steps: 10\nseeds: [0, 0]\nenvs: [Hopper-v5]\ngroups: [{algo: sac}]", "seeds must be a list of distinct"),
+    ("steps: 10\nseeds: [0]\nenvs: [Nope-v1]\ngroups: [{algo: sac}]", "unknown environment"),
+    ("steps: 10\nseeds: [0]\nenvs: [Hopper-v5]\ngroups: [{algo: ppo}]", "unknown algorithm"),
+    ("steps: 10\nseeds: [0]\nenvs: [Hopper-v5]\ngroups: [{algo: diffsr, hp: {gamma: 2}}]", "gamma must be"),
+    ("steps: 10\nseeds: [0]\nenvs: [Hopper-v5]\ngroups: [{algo: sac}, {algo: sac}]", "must be unique"),
+    ("steps: 10\nseeds: [0]\nenvs: [Hopper-v5]\ngroups: [{algo: sac}]\nspeed: 3", "unknown key"),
+    ("[1, 2", "cannot read grid"),
+])
+def test_bad_grid_gives_one_line(text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    assert cli.main(["sweep", str(grid), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_killed_sweep_resumes_to_the_uninterrupted_logs(tmp_path: Path) -> None:
+    """2 x 2 grid: a straight sweep; a sweep killed (SIGKILL to its whole process group) mid-way and rerun;
+    identical logs in every cell; a third run finds nothing to do."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    cells = sweep.load_grid(grid)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_sweep(grid, straight), check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(_sweep(grid, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not any((c.folder(killed) / "checkpoint.pt").exists() for c in cells):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the sweep ended"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    unfinished = [c for c in cells if not sweep.is_done(c, killed)]
+    assert unfinished, "every cell finished before the kill: lengthen the runs"
+    time.sleep(2)  # let Ray's own processes notice their driver is gone
+    res = subprocess.run(_sweep(grid, killed), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{len(cells) - len(unfinished)} already done" in res.stdout
+    for c in cells:
+        for name in LOGS:
+            assert _rows(c.folder(straight) / name) == _rows(c.folder(killed) / name), f"{c.label()} {name}"
+    again = subprocess.run(_sweep(grid, killed), capture_output=True, text=True, timeout=600, check=True)
+    assert f"{len(cells)} already done, 0 to run" in again.stdout
