@@ -8,6 +8,7 @@
 ``diffrl train diffsr|sac ...``  train Diff-SR or SAC online on MuJoCo / MetaWorld (resumable)
 ``diffrl sweep GRID.yaml --out DIR``  a grid of training runs as Ray tasks (resumable)
 ``diffrl plot RUN [RUN ...]``   learning curves and the results table of run folders
+``diffrl dataset make|list``    offline datasets made with D4RL's recipe, in Minari's format
 """
 
 from __future__ import annotations
@@ -266,9 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out", help="output directory for bench.json/.rst/.png")
     b.add_argument("--no-plot", action="store_true", help="skip the plot")
 
-    r = sub.add_parser("train", help="train Diff-SR or SAC online (progress bar, CSV/TensorBoard logs, resumable)")
-    r.add_argument("algo", choices=["diffsr", "sac"], help="diffsr (Algorithm 2) or sac (stable-baselines3)")
-    r.add_argument("--env", required=True, help="Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task (reach-v3)")
+    r = sub.add_parser("train", help="train Diff-SR or SAC online, Diffusion-QL offline (logs, resumable)")
+    r.add_argument("algo", choices=["diffsr", "sac", "diffusion-ql"],
+                   help="diffsr (Algorithm 2) or sac (stable-baselines3), online; diffusion-ql, offline (--dataset)")
+    r.add_argument("--env", help="online: Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task (reach-v3); "
+                                 "offline: taken from the dataset")
+    r.add_argument("--dataset", help="offline algorithms: Minari dataset id (diffrl dataset list)")
+    r.add_argument("--dataset-root", help="Minari root holding --dataset (default: $MINARI_DATASETS_PATH or "
+                                          "Minari's default)")
     r.add_argument("--steps", type=_positive, required=True, help="environment steps in total (resume: to this many)")
     r.add_argument("--seed", type=_count, default=0, help="seed of the run (default: 0)")
     r.add_argument("--out", required=True, help="run folder; the same command again resumes from its checkpoint")
@@ -294,6 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--skip-conformance", action="store_true",
                    help="train without first checking the agents' clauses (recorded in each config.json)")
 
+    ds = sub.add_parser("dataset", help="offline datasets made here with D4RL's recipe, in Minari's format")
+    dsub = ds.add_subparsers(dest="action", required=True)
+    dm = dsub.add_parser("make", help="make diffrl/<env>/<kind>-v0 in a Minari root (diffrl_ref/rl/datasets.py)")
+    dm.add_argument("--env", required=True, help="Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task")
+    dm.add_argument("--kind", required=True, help="random, medium, medium-replay, expert or medium-expert")
+    dm.add_argument("--out", required=True, metavar="ROOT", help="the Minari root (MINARI_DATASETS_PATH) to write to")
+    dm.add_argument("--size", type=_count, metavar="N",
+                    help="transitions (per policy for medium-expert; default 1000000, the whole buffer for "
+                         "medium-replay)")
+    dm.add_argument("--seed", type=_count, default=0, metavar="S",
+                    help="seed of the episodes and the actions (default: 0)")
+    dm.add_argument("--policy", action="extend", nargs="+", default=[], metavar="RUN_OR_CHECKPOINT",
+                    help="diffrl train sac run folder or checkpoint.pt: medium, expert, or medium then expert")
+    dm.add_argument("--expert-return", type=float, metavar="R",
+                    help="ref_max_score for kinds without an expert policy (default: unset)")
+    dm.add_argument("--eval-episodes", type=_count, default=10, metavar="N",
+                    help="episodes of the random reference return and of each policy's evaluation (default: 10)")
+    dm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dl = dsub.add_parser("list", help="the datasets of a Minari root with kind, size, env and reference scores")
+    dl.add_argument("--root", help="Minari root (default: MINARI_DATASETS_PATH, else ~/.minari/datasets)")
+
     g = sub.add_parser("plot", help="learning curves and results table from run folders")
     g.add_argument("runs", nargs="+", help="run folders (grouped by environment and algorithm)")
     g.add_argument("--out", default="rl-out",
@@ -303,8 +330,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_source(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(env, dataset id, dataset root): an online run names its env, an offline run its dataset."""
+    from .rl import loop
+
+    if args.algo not in loop.OFFLINE:
+        if args.env is None:
+            raise CliError(f"{args.algo} trains online: --env is required")
+        if args.dataset:
+            raise CliError(f"{args.algo} trains online: --dataset is for the offline algorithms "
+                           f"({', '.join(loop.OFFLINE)})")
+        return args.env, "", ""
+    if not args.dataset:
+        raise CliError(f"{args.algo} trains offline: --dataset is required (diffrl dataset list)")
+    from .rl import datasets
+
+    root = datasets.resolve_root(args.dataset_root)
+    env = datasets.env_of(args.dataset, root)
+    if args.env is not None and args.env != env:
+        raise CliError(f"--env {args.env} differs from the dataset's environment {env}")
+    return env, args.dataset, str(root)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .rl import envs, gate, loop
+    from .rl import datasets, envs, gate, loop
 
     hp: dict[str, str] = {}
     for item in args.hp:
@@ -320,16 +369,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         resolved = loop.agent_config(args.algo, hp)
-        cfg = loop.RunConfig(algo=args.algo, env=args.env, seed=args.seed, steps=args.steps,
+        env, dataset, root = _train_source(args)
+        cfg = loop.RunConfig(algo=args.algo, env=env, seed=args.seed, steps=args.steps,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                              checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                              hp={k: getattr(resolved, k) for k in sorted(hp)}, device=args.device,
-                             skip_conformance=args.skip_conformance)
+                             skip_conformance=args.skip_conformance, dataset=dataset, dataset_root=root)
         summary = loop.train(cfg, Path(args.out), progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"train: interrupted; the same command resumes {args.out} from its last checkpoint", file=sys.stderr)
         return 130
-    except (loop.RunError, envs.EnvError, gate.GateError) as exc:
+    except (loop.RunError, envs.EnvError, gate.GateError, datasets.DatasetError) as exc:
         raise CliError(str(exc)) from None
     except ImportError as exc:
         raise CliError(f"diffrl train needs the rl extra ({exc.name} missing): pip install 'diffrl-ref[rl]'") from None
@@ -355,6 +405,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"sweep: interrupted; the same command resumes {args.out}", file=sys.stderr)
         return 130
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    need = "diffrl dataset needs the rl extra ({} missing): pip install 'diffrl-ref[rl]'"
+    try:
+        from .rl import datasets
+    except ImportError as exc:
+        raise CliError(need.format(exc.name)) from None
+    try:
+        if args.action == "list":
+            root = datasets.resolve_root(args.root)
+            print(datasets.format_table(datasets.list_datasets(root), root))
+            return 0
+        made = datasets.make(args.env, args.kind, Path(args.out), args.size, args.seed, args.policy,
+                             args.expert_return, args.eval_episodes, progress=not args.no_progress)
+    except datasets.DatasetError as exc:
+        raise CliError(str(exc)) from None
+    except ImportError as exc:
+        raise CliError(need.format(exc.name)) from None
+    except KeyboardInterrupt:
+        print("dataset: interrupted; nothing was written under the dataset's id", file=sys.stderr)
+        return 130
+    ref_max = "unset" if made.ref_max_score is None else f"{made.ref_max_score:.1f}"
+    print(f"dataset: wrote {made.dataset_id} ({made.transitions} transitions, {made.episodes} episodes) to {made.path}"
+          f"; ref_min_score {made.ref_min_score:.1f}, ref_max_score {ref_max}")
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -418,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plot(args)
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "dataset":
+            return cmd_dataset(args)
         return cmd_docs(args)
     except CliError as exc:
         print(f"diffrl: error: {exc}", file=sys.stderr)

@@ -22,6 +22,8 @@ CLAUSES: dict[str, tuple[str, ...]] = {
     "diffsr": ("ddpm.noise", "diffsr.score_objective", "diffsr.train_step", "diffsr.critic", "diffsr.td_target",
                "diffsr.critic_loss", "diffsr.policy_objective"),
     "sac": (),
+    "diffusion-ql": ("schedule.vp", "ddpm.noise", "diffusion_ql.bc_loss", "diffusion_ql.sample_action",
+                     "diffusion_ql.q_loss", "diffusion_ql.loss", "diffsr.td_target", "diffsr.critic_loss"),
 }
 DTYPE = "float32"  # the agents train in float32
 IMPL = "fast"  # what is checked: the production path (the tests swap in one with a planted bug)

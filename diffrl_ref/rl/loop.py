@@ -33,13 +33,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import diffsr, envs, gate, sac
+from . import diffsr, diffusion_ql, envs, gate, sac
 from .diffsr import DiffSRAgent, DiffSRConfig
+from .diffusion_ql import DiffusionQLAgent, DiffusionQLConfig
 from .sac import SB3SAC, SACConfig
 
-ALGOS = ("diffsr", "sac")
-CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig}
-DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac": sac.DOMAINS}
+ALGOS = ("diffsr", "sac", "diffusion-ql")
+OFFLINE = ("diffusion-ql",)  # learn from a dataset (--dataset); a step is a gradient step
+CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig, "diffusion-ql": DiffusionQLConfig}
+DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac": sac.DOMAINS,
+                                                  "diffusion-ql": diffusion_ql.DOMAINS}
 EVAL_COLUMNS = ["step", "return_mean", "return_std", "length_mean", "success_rate", "train_seconds"]
 TRAIN_COLUMNS = ["step", "steps_per_s", "critic_loss", "actor_loss", "alpha", "rep_loss"]
 EPISODE_COLUMNS = ["step", "episode", "return", "length", "success"]
@@ -73,11 +76,16 @@ class RunConfig:
     hp: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     skip_conformance: bool = False
+    dataset: str = ""  # offline algorithms: the Minari dataset id (its environment is ``env``)
+    dataset_root: str = ""  # the Minari root holding it (not part of the identity: a root may move)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder to be resumed (steps may grow; device and logging may change)."""
-        return {"format": FORMAT, "algo": self.algo, "env": self.env, "seed": self.seed,
-                "eval_every": self.eval_every, "eval_episodes": self.eval_episodes, "hp": self.hp}
+        ident = {"format": FORMAT, "algo": self.algo, "env": self.env, "seed": self.seed,
+                 "eval_every": self.eval_every, "eval_episodes": self.eval_episodes, "hp": self.hp}
+        if self.dataset:  # only offline runs carry it, so online folders keep their identity
+            ident["dataset"] = self.dataset
+        return ident
 
 
 def agent_config(algo: str, overrides: dict[str, str]) -> Any:
@@ -108,7 +116,10 @@ def agent_config(algo: str, overrides: dict[str, str]) -> Any:
     return cfg
 
 
-def make_agent(algo: str, cfg: Any, env: Any, seed: int, device: str) -> Agent:
+def make_agent(algo: str, cfg: Any, env: Any, seed: int, device: str, data: Any = None) -> Agent:
+    if algo == "diffusion-ql":
+        torch.manual_seed(seed)
+        return DiffusionQLAgent(data, cfg, device)
     if algo == "sac":
         return SB3SAC(env, cfg, seed, device)
     torch.manual_seed(seed)
@@ -242,6 +253,8 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) ``cfg`` in ``out`` until ``cfg.steps`` environment steps; returns the summary."""
     envs.check_name(cfg.env)
     agent_cfg = agent_config(cfg.algo, {k: str(v) for k, v in cfg.hp.items()})
+    if cfg.algo in OFFLINE:
+        agent_cfg = agent_cfg.for_dataset(cfg.dataset, set(cfg.hp))
     ck = prepare(cfg, out)
     lock = open(out / ".lock", "a")  # noqa: SIM115 - held until this function returns
     try:  # two processes writing one folder (a sweep rerun while an old worker lives) would corrupt it
@@ -272,10 +285,16 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
         summary["already_done"] = True
         return summary
 
-    env = envs.make(cfg.env, cfg.seed)
+    offline = cfg.algo in OFFLINE
+    data = None
+    if offline:
+        from . import datasets
+
+        data = datasets.load_transitions(cfg.dataset, Path(cfg.dataset_root))
+    env = None if offline else envs.make(cfg.env, cfg.seed)
     eval_env = envs.make(cfg.env, cfg.seed, evaluation=True)
-    agent = make_agent(cfg.algo, agent_cfg, env, cfg.seed, cfg.device)
-    da = env.action_space.shape[0]
+    agent = make_agent(cfg.algo, agent_cfg, env, cfg.seed, cfg.device, data)
+    da = eval_env.action_space.shape[0]
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, 7])))
     st = State(next_checkpoint=cfg.checkpoint_every)
     if ck is None:
@@ -306,7 +325,7 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(out / "tb"), purge_step=None if ck is None else st.t + 1)
-        learning_starts = int(agent_cfg.learning_starts)
+        learning_starts = int(getattr(agent_cfg, "learning_starts", 0))
 
         def policy(obs: np.ndarray) -> np.ndarray:
             return agent.act(obs, deterministic=True)
@@ -333,25 +352,36 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
         ret, length, success = 0.0, 0, False
         info: Mapping[str, torch.Tensor | float] = {}
         window_t, window_start = st.t, time.perf_counter()
+
+        def env_step() -> tuple[bool, bool]:
+            """One environment step, then an update once learning: (learned, the episode ended)."""
+            nonlocal obs, ret, length, success, info
+            if obs is None:
+                obs = envs.reset(env, envs.episode_seed(cfg.seed, st.episode))
+                ret, length, success = 0.0, 0, False
+            learning = st.t >= learning_starts
+            a = agent.act(obs, deterministic=False) if learning else rng.uniform(-1.0, 1.0, da).astype(np.float32)
+            obs_next, r, term, trunc, env_info = envs.step(env, a)
+            agent.observe(obs, a, r, obs_next, term)
+            if learning:
+                info = agent.update()
+            ret, length = ret + r, length + 1
+            success = success or bool(env_info.get("success", 0.0))
+            obs = obs_next
+            return learning, bool(term or trunc)
+
         try:
             last = evaluate() if st.t == 0 else {}
             while st.t < cfg.steps:
                 if interrupt.requested:  # here, between steps, no library holds a lock or a half-written file
                     raise KeyboardInterrupt
                 tick = time.perf_counter()
-                if obs is None:
-                    obs = envs.reset(env, envs.episode_seed(cfg.seed, st.episode))
-                    ret, length, success = 0.0, 0, False
-                learning = st.t >= learning_starts
-                a = agent.act(obs, deterministic=False) if learning else rng.uniform(-1.0, 1.0, da).astype(np.float32)
-                obs_next, r, term, trunc, env_info = envs.step(env, a)
-                agent.observe(obs, a, r, obs_next, term)
-                if learning:
+                if offline:  # a step is one gradient step on the dataset; any step may be checkpointed
                     info = agent.update()
+                    learning, boundary = True, True
+                else:
+                    learning, boundary = env_step()
                 st.t += 1
-                ret, length = ret + r, length + 1
-                success = success or bool(env_info.get("success", 0.0))
-                obs = obs_next
                 elapsed = time.perf_counter() - tick
                 st.train_seconds += elapsed
                 if learning:
@@ -371,12 +401,13 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
                     last = evaluate()
                     bar.set_postfix(ret=f"{last['return_mean']:.1f}", succ=f"{last['success_rate']:.2f}")
                     window_start = time.perf_counter()  # evaluation is not training throughput
-                if term or trunc:
-                    ep_log.add({"step": st.t, "episode": st.episode, "return": ret, "length": length,
-                                "success": int(success)})
-                    tb.add_scalar("train/episode_return", ret, st.t)
-                    st.episode += 1
-                    obs = None
+                if boundary:
+                    if not offline:
+                        ep_log.add({"step": st.t, "episode": st.episode, "return": ret, "length": length,
+                                    "success": int(success)})
+                        tb.add_scalar("train/episode_return", ret, st.t)
+                        st.episode += 1
+                        obs = None
                     if st.t >= st.next_checkpoint or st.t == cfg.steps:
                         while st.next_checkpoint <= st.t:
                             st.next_checkpoint += cfg.checkpoint_every

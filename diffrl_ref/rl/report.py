@@ -48,8 +48,8 @@ import numpy as np
 
 from . import envs, loop
 
-LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)"}
-COLORS = {"diffsr": "C0", "sac": "C1"}
+LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)", "diffusion-ql": "Diffusion-QL (ours)"}
+COLORS = {"diffsr": "C0", "sac": "C1", "diffusion-ql": "C2"}
 ALGO_ORDER = {name: i for i, name in enumerate(loop.ALGOS)}
 DASH = "—"
 ARCHIVED = ("config.json", "eval.csv", "train.csv", "episodes.csv", "done.json")

@@ -1,0 +1,281 @@
+"""Offline datasets (issue 19, part 1): D4RL-recipe datasets made here, in Minari's format.
+
+All tiny: a few hundred transitions, a 400-step SAC run used as the medium and the expert policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("stable_baselines3")
+minari = pytest.importorskip("minari")
+pytest.importorskip("h5py")
+
+from diffrl_ref import cli  # noqa: E402
+from diffrl_ref.rl import datasets, envs  # noqa: E402
+
+SMALL = ["--size", "300", "--eval-episodes", "2", "--no-progress"]
+
+
+def make(root: Path, env: str, kind: str, *extra: str) -> int:
+    return cli.main(["dataset", "make", "--env", env, "--kind", kind, "--out", str(root), *SMALL, *extra])
+
+
+def load(root: Path, ds_id: str) -> Any:
+    with datasets.minari_root(root):
+        return minari.load_dataset(ds_id)
+
+
+def episodes(root: Path, ds_id: str) -> list[Any]:
+    return list(load(root, ds_id).iterate_episodes())
+
+
+def metadata(root: Path, ds_id: str) -> dict[str, Any]:
+    return dict(load(root, ds_id).storage.metadata)
+
+
+def arrays(root: Path, ds_id: str) -> dict[str, np.ndarray]:
+    eps = episodes(root, ds_id)
+    return {k: np.concatenate([getattr(e, k) for e in eps])
+            for k in ("observations", "actions", "rewards", "terminations", "truncations")}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]] | None:
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def sac_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sac") / "run"
+    assert cli.main(["train", "sac", "--env", "InvertedPendulum-v5", "--steps", "400", "--out", str(out),
+                     "--hp", "learning_starts=200", "--hp", "batch_size=16", "--hp", "hidden=16",
+                     "--checkpoint-every", "200", "--eval-every", "200", "--eval-episodes", "1", "--threads", "1",
+                     "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def made_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("minari")
+    assert make(root, "InvertedPendulum-v5", "random") == 0
+    return root
+
+
+def test_dataset_id() -> None:
+    assert datasets.dataset_id("HalfCheetah-v5", "medium") == "diffrl/halfcheetah/medium-v0"
+    assert datasets.dataset_id("Walker2d-v5", "medium-replay") == "diffrl/walker2d/medium-replay-v0"
+    assert datasets.dataset_id("reach-v3", "expert") == "diffrl/reach/expert-v0"
+
+
+@pytest.mark.parametrize("env", ["InvertedPendulum-v5", "Hopper-v5"])
+def test_random_dataset_read_back_with_minari(env: str, tmp_path: Path) -> None:
+    """Episodes reset from their seeds; terminations are the env's; the cut last episode is a truncation."""
+    assert make(tmp_path, env, "random", "--seed", "3") == 0
+    ds_id = datasets.dataset_id(env, "random")
+    ds = load(tmp_path, ds_id)
+    assert ds.total_steps == 300
+    eps = list(ds.iterate_episodes())
+    seeds = [m["seed"] for m in ds.storage.get_episode_metadata(range(len(eps)))]
+    e = envs.make(env, 0)
+    low, high = e.action_space.low, e.action_space.high
+    for k, ep in enumerate(eps):
+        n = len(ep.rewards)
+        assert ep.observations.shape == (n + 1, e.observation_space.shape[0]) and ep.observations.dtype == np.float32
+        assert ep.actions.shape == (n, e.action_space.shape[0])
+        assert np.all(ep.actions >= low) and np.all(ep.actions <= high)
+        assert seeds[k] == envs.episode_seed(3, k)
+        np.testing.assert_array_equal(ep.observations[0], envs.reset(e, seeds[k]))
+        assert not ep.terminations[:-1].any() and not ep.truncations[:-1].any()
+        if k < len(eps) - 1:
+            assert ep.terminations[-1] and not ep.truncations[-1]  # random play falls long before the time limit
+    assert eps[-1].truncations[-1] != eps[-1].terminations[-1]  # cut at --size unless it fell right there
+
+    t = datasets.load_transitions(ds_id, tmp_path)
+    assert t.env == env and len(t) == 300
+    assert t.observations.shape == t.next_observations.shape == (300, e.observation_space.shape[0])
+    assert t.actions.shape == (300, e.action_space.shape[0])
+    assert t.rewards.shape == t.terminals.shape == (300,)
+    assert all(x.dtype == np.float32 for x in (t.observations, t.actions, t.rewards, t.next_observations,
+                                               t.terminals))
+    assert np.all(np.abs(t.actions) <= 1)  # the agents' scale (InvertedPendulum's box is [-3, 3])
+    a = arrays(tmp_path, ds_id)
+    np.testing.assert_array_equal(t.terminals, a["terminations"].astype(np.float32))
+    ends = np.cumsum([len(ep.rewards) for ep in eps]) - 1
+    inner = np.setdiff1d(np.arange(299), ends)
+    np.testing.assert_array_equal(t.next_observations[inner], t.observations[inner + 1])
+    np.testing.assert_array_equal(t.next_observations[ends], np.stack([ep.observations[-1] for ep in eps]))
+    assert t.ref_min_score is not None and t.ref_max_score is None
+
+
+def test_time_limits_are_truncations_not_terminals(tmp_path: Path) -> None:
+    """Reacher-v5 never terminates and stops at 50 steps: every end is a truncation (the last, the cut), no terminal."""
+    assert make(tmp_path, "Reacher-v5", "random", "--size", "120") == 0
+    ds_id = datasets.dataset_id("Reacher-v5", "random")
+    eps = episodes(tmp_path, ds_id)
+    assert [len(e.rewards) for e in eps] == [50, 50, 20]
+    assert all(e.truncations[-1] and not e.terminations.any() for e in eps)
+    assert datasets.load_transitions(ds_id, tmp_path).terminals.sum() == 0
+
+
+def test_same_arguments_same_data(made_root: Path, tmp_path: Path) -> None:
+    assert make(tmp_path, "InvertedPendulum-v5", "random") == 0
+    ds_id = datasets.dataset_id("InvertedPendulum-v5", "random")
+    a, b = arrays(made_root, ds_id), arrays(tmp_path, ds_id)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert make(tmp_path / "other", "InvertedPendulum-v5", "random", "--seed", "1") == 0
+    assert not np.array_equal(arrays(tmp_path / "other", ds_id)["actions"], a["actions"])
+
+
+def test_policy_datasets(sac_run: Path, tmp_path: Path) -> None:
+    """medium and expert from the SAC run: reproducible, provenance in Minari's metadata; medium-expert is both."""
+    env, ck = "InvertedPendulum-v5", sac_run / "checkpoint.pt"
+    sha = hashlib.sha256(ck.read_bytes()).hexdigest()
+    made = {}
+    for kind, pol in (("medium", [str(sac_run)]), ("expert", [str(ck)]), ("medium-expert", [str(sac_run)] * 2)):
+        assert make(tmp_path / "a", env, kind, "--policy", *pol, "--seed", "5") == 0
+        made[kind] = arrays(tmp_path / "a", datasets.dataset_id(env, kind))
+    assert make(tmp_path / "b", env, "medium", "--policy", str(ck), "--seed", "5") == 0  # again: the same data
+    again = arrays(tmp_path / "b", datasets.dataset_id(env, "medium"))
+    for k in again:
+        np.testing.assert_array_equal(again[k], made["medium"][k])
+        np.testing.assert_array_equal(made["medium-expert"][k], np.concatenate([made["medium"][k], made["expert"][k]]))
+
+    e = envs.make(env, 0)  # stochastic actions: not the policy's mean action
+    actor = datasets.build_actor(datasets.read_policy(str(ck), "medium", env), e, 0)
+    obs0 = made["medium"]["observations"][0]
+    assert not np.allclose(made["medium"]["actions"][0], datasets.env_action(e, actor.act(obs0, True)))
+
+    md = metadata(tmp_path / "a", datasets.dataset_id(env, "medium"))
+    prov = md[datasets.PROVENANCE]
+    assert prov["kind"] == "medium" and prov["env"] == env and prov["seed"] == 5 and prov["size"] == 300
+    assert {"gymnasium", "mujoco", "torch", "diffrl-ref"} <= set(prov["versions"])
+    (p,) = prov["policies"]
+    assert p["sha256"] == sha and p["name"] == sha[:12] and p["run"]["algo"] == "sac"
+    assert p["evaluation"]["episodes"] == 2 and np.isfinite(p["evaluation"]["return_mean"])
+    assert sha[:12] in md["algorithm_name"] and sha[:12] in md["description"]
+    assert md["code_permalink"].startswith("diffrl-ref ")
+    assert "gymnasium==" + prov["versions"]["gymnasium"] in md["requirements"]
+    assert md["ref_min_score"] == prov["reference"]["ref_min_score"]["value"]
+    assert "ref_max_score" not in md and prov["reference"]["ref_max_score"]["value"] is None
+    for kind in ("expert", "medium-expert"):
+        md = metadata(tmp_path / "a", datasets.dataset_id(env, kind))
+        expert = [q for q in md[datasets.PROVENANCE]["policies"] if q["role"] == "expert"]
+        assert md["ref_max_score"] == expert[0]["evaluation"]["return_mean"]
+        assert md["num_episodes_average_score"] == 2
+    assert metadata(tmp_path / "a", datasets.dataset_id(env, "medium-expert"))[datasets.PROVENANCE][
+        "size"] == 600
+
+    assert cli.main(["dataset", "make", "--env", env, "--kind", "random", "--out", str(tmp_path / "c"), *SMALL,
+                     "--expert-return", "1000"]) == 0
+    t = datasets.load_transitions(datasets.dataset_id(env, "random"), tmp_path / "c")
+    assert t.ref_max_score == 1000.0
+
+
+def test_medium_replay_is_the_runs_buffer(sac_run: Path, tmp_path: Path) -> None:
+    env = "InvertedPendulum-v5"
+    assert cli.main(["dataset", "make", "--env", env, "--kind", "medium-replay", "--out", str(tmp_path),
+                     "--policy", str(sac_run), "--eval-episodes", "1", "--no-progress"]) == 0
+    ck = torch.load(sac_run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    buf, t = ck["agent"]["buffer"], ck["state"]["t"]
+    ds_id = datasets.dataset_id(env, "medium-replay")
+    data = datasets.load_transitions(ds_id, tmp_path)
+    assert len(data) == t == len(buf["rewards"]) and t > 200  # with steps of the learning policy
+    np.testing.assert_array_equal(data.observations, buf["observations"].reshape(t, -1))
+    np.testing.assert_array_equal(data.next_observations, buf["next_observations"].reshape(t, -1))
+    np.testing.assert_array_equal(data.rewards, buf["rewards"].reshape(t))
+    np.testing.assert_array_equal(data.terminals, buf["dones"].reshape(t))
+    np.testing.assert_allclose(data.actions, buf["actions"].reshape(t, -1), rtol=0, atol=1e-6)
+    e = envs.make(env, 0)  # stored: what the env received
+    np.testing.assert_array_equal(arrays(tmp_path, ds_id)["actions"],
+                                  datasets.env_action(e, buf["actions"].reshape(t, -1)))
+    eps = episodes(tmp_path, ds_id)
+    assert len(eps) == ck["state"]["episode"]
+    assert sum(bool(x.terminations[-1]) for x in eps) == int(buf["dones"].sum())
+
+
+def test_list(made_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["dataset", "list", "--root", str(made_root)]) == 0
+    out = capsys.readouterr().out
+    assert "diffrl/invertedpendulum/random-v0" in out and "InvertedPendulum-v5" in out and "unset" in out
+    assert datasets.env_of("diffrl/invertedpendulum/random-v0", made_root) == "InvertedPendulum-v5"
+
+
+def test_interrupted_make_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", boom)  # the last step: the data is written in the hidden folder
+    assert make(tmp_path, "InvertedPendulum-v5", "random") == 130
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def _checkpoint_as(src: Path, dst: Path, **identity: Any) -> Path:
+    ck = torch.load(src / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck["identity"].update(identity)
+    torch.save(ck, dst)
+    return dst
+
+
+BAD = {
+    "unknown env": (["--env", "NoSuchEnv-v5", "--kind", "random"], "unknown environment"),
+    "unknown kind": (["--env", "InvertedPendulum-v5", "--kind", "bogus"], "unknown kind"),
+    "missing policy": (["--env", "InvertedPendulum-v5", "--kind", "medium"], "takes 1 --policy"),
+    "extra policy": (["--env", "InvertedPendulum-v5", "--kind", "random", "--policy", "{run}"], "takes 0 --policy"),
+    "one of two": (["--env", "InvertedPendulum-v5", "--kind", "medium-expert", "--policy", "{run}"], "takes 2"),
+    "other env": (["--env", "Hopper-v5", "--kind", "medium", "--policy", "{run}"], "trained on"),
+    "not sac": (["--env", "InvertedPendulum-v5", "--kind", "expert", "--policy", "{diffsr}"], "not SAC"),
+    "not a checkpoint": (["--env", "InvertedPendulum-v5", "--kind", "expert", "--policy", "{junk}"],
+                         "not a diffrl train checkpoint"),
+    "no such policy": (["--env", "InvertedPendulum-v5", "--kind", "expert", "--policy", "{missing}"], "no such"),
+    "existing id": (["--env", "InvertedPendulum-v5", "--kind", "random"], "already exists"),
+    "size 0": (["--env", "InvertedPendulum-v5", "--kind", "random", "--size", "0"], "--size must be >= 1"),
+    "expert return with expert": (["--env", "InvertedPendulum-v5", "--kind", "expert", "--policy", "{run}",
+                                   "--expert-return", "5"], "--expert-return"),
+    "replay too large": (["--env", "InvertedPendulum-v5", "--kind", "medium-replay", "--policy", "{run}",
+                          "--size", "100000"], "holds only"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_2_and_writes_nothing(case: str, sac_run: Path, made_root: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    argv, message = BAD[case]
+    files = {"run": str(sac_run), "diffsr": str(_checkpoint_as(sac_run, tmp_path / "d.pt", algo="diffsr")),
+             "junk": str(tmp_path / "junk.pt"), "missing": str(tmp_path / "nope")}
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    argv = [a.format(**files) for a in argv]
+    for root in (made_root, tmp_path / "fresh"):
+        if case == "existing id" and root != made_root:
+            continue
+        before = snapshot(root)
+        rc = cli.main(["dataset", "make", *argv, "--out", str(root), "--eval-episodes", "1", "--no-progress",
+                       *(["--size", "300"] if "--size" not in argv else [])])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert err.startswith("diffrl: error: ") and err.count("\n") == 1 and message in err, err
+        assert snapshot(root) == before
+
+
+def test_minari_env_var_is_restored(made_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINARI_DATASETS_PATH", raising=False)
+    datasets.load_transitions("diffrl/invertedpendulum/random-v0", made_root)
+    assert "MINARI_DATASETS_PATH" not in os.environ
+    with pytest.raises(datasets.DatasetError, match="no dataset"):
+        datasets.load_transitions("diffrl/invertedpendulum/expert-v0", made_root)
+    with pytest.raises(datasets.DatasetError, match="no such folder"):
+        datasets.load_transitions("diffrl/invertedpendulum/random-v0", made_root / "nope")
+    assert not (made_root / "nope").exists()
+    assert json.loads((made_root / "diffrl/invertedpendulum/random-v0/data/metadata.json").read_text())[
+        "dataset_id"] == "diffrl/invertedpendulum/random-v0"
