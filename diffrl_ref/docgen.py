@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import re
 from pathlib import Path
+from typing import Any
 
 from . import spec
 
@@ -201,13 +202,30 @@ def fast_modules() -> str:
 
 def rl_hyperparameters() -> str:
     """The Diff-SR and SAC hyperparameter tables, values and sources from the configs (included by docs/rl.rst)."""
-    from dataclasses import fields
-
     from .rl import diffsr, sac
 
+    return _hp_tables([("Diff-SR", diffsr.DiffSRConfig(), diffsr.HYPERPARAMETERS),
+                       ("SAC (stable-baselines3)", sac.SACConfig(), sac.HYPERPARAMETERS)])
+
+
+def offline_hyperparameters() -> str:
+    """The Diffusion-QL hyperparameter table and the official per-set rows (included by docs/offline.rst)."""
+    from .rl import diffusion_ql
+
+    out = _hp_tables([("Diffusion-QL", diffusion_ql.DiffusionQLConfig(), diffusion_ql.HYPERPARAMETERS)])
+    keys = sorted({k for row in diffusion_ql.FAMILIES.values() for k in row})
+    out += "\n" + "\n".join([".. list-table:: Diffusion-QL: the official code's per-set values (family='auto')",
+                      "   :header-rows: 1", "", "   * - Dataset family"] + [f"     - ``{k}``" for k in keys]) + "\n"
+    for fam, row in diffusion_ql.FAMILIES.items():
+        out += "\n".join([f"   * - {fam}"] + [f"     - {row[k]:g}" for k in keys]) + "\n"
+    return out
+
+
+def _hp_tables(tables: list[tuple[str, Any, dict[str, str]]]) -> str:
+    from dataclasses import fields
+
     out: list[str] = []
-    for title, cfg, sources in (("Diff-SR", diffsr.DiffSRConfig(), diffsr.HYPERPARAMETERS),
-                                ("SAC (stable-baselines3)", sac.SACConfig(), sac.HYPERPARAMETERS)):
+    for title, cfg, sources in tables:
         out += [f".. list-table:: {title}", "   :header-rows: 1", "   :widths: 18 12 70", "",
                 "   * - ``--hp`` name", "     - Default", "     - Source"]
         for f in fields(cfg):
@@ -228,6 +246,7 @@ def render() -> dict[str, str]:
     pages["_reference_modules.inc"] = reference_modules()
     pages["_fast_modules.inc"] = fast_modules()
     pages["_rl_hyperparameters.inc"] = rl_hyperparameters()
+    pages["_offline_hyperparameters.inc"] = offline_hyperparameters()
     return pages
 
 

@@ -61,10 +61,12 @@ def test_policy_loss_is_the_official_loss() -> None:
     eps, a_K, noises = torch.randn(16, 2), torch.randn(16, 2), torch.randn(5, 16, 2)
 
     def q_fn(s_: torch.Tensor, a_: torch.Tensor) -> torch.Tensor:
-        return ag.critic(s_, a_)[0]
+        q: torch.Tensor = ag.critic(s_, a_)[0]
+        return q
 
     def q_norm_fn(s_: torch.Tensor, a_: torch.Tensor) -> torch.Tensor:
-        return ag.critic(s_, a_)[1]
+        q: torch.Tensor = ag.critic(s_, a_)[1]
+        return q
 
     got = ag.loss(a, s, ag.policy, k, eps, a_K, noises, q_fn, q_norm_fn).mean() / 2
     ab = ag.sched.alpha_bar[k][:, None]

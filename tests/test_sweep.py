@@ -102,3 +102,23 @@ def test_killed_sweep_resumes_to_the_uninterrupted_logs(tmp_path: Path) -> None:
             assert _rows(c.folder(straight) / name) == _rows(c.folder(killed) / name), f"{c.label()} {name}"
     again = subprocess.run(_sweep(grid, killed), capture_output=True, text=True, timeout=600, check=True)
     assert f"{len(cells)} already done, 0 to run" in again.stdout
+
+
+def test_offline_groups_run_on_the_grid_datasets(tmp_path: Path) -> None:
+    pytest.importorskip("minari")
+    root = tmp_path / "datasets"
+    assert cli.main(["dataset", "make", "--env", "Hopper-v5", "--kind", "random", "--out", str(root), "--size", "200",
+                     "--eval-episodes", "1", "--no-progress"]) == 0
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"steps: 100\nseeds: [0, 1]\nenvs: [Hopper-v5]\ndatasets: [diffrl/hopper/random-v0]\n"
+                    f"dataset_root: {root}\ngroups: [{{algo: diffusion-ql}}, {{algo: sac}}]\n")
+    cells = sweep.load_grid(grid)
+    offline = [c for c in cells if c.algo == "diffusion-ql"]
+    assert [(c.dataset, c.env, c.seed) for c in offline] == [("diffrl/hopper/random-v0", "Hopper-v5", 0),
+                                                             ("diffrl/hopper/random-v0", "Hopper-v5", 1)]
+    assert offline[0].folder(tmp_path) == tmp_path / "diffrl/hopper/random-v0" / "diffusion-ql" / "seed0"
+    assert offline[0].run_config().identity()["dataset"] == "diffrl/hopper/random-v0"
+    assert [c.env for c in cells if c.algo == "sac"] == ["Hopper-v5", "Hopper-v5"]
+    grid.write_text("steps: 100\nseeds: [0]\nenvs: [Hopper-v5]\ngroups: [{algo: diffusion-ql}]\n")
+    with pytest.raises(sweep.SweepError, match="needs datasets"):
+        sweep.load_grid(grid)

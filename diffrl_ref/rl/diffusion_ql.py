@@ -66,8 +66,8 @@ class DiffusionQLConfig:
     def for_dataset(self, dataset_id: str, overridden: set[str]) -> DiffusionQLConfig:
         """The official table's row for the dataset's family, where --hp did not set a value ('auto')."""
         family = family_of(dataset_id) if self.family == "auto" else self.family
-        row = FAMILIES.get(family or "", {})
-        return replace(self, **{k: v for k, v in row.items() if k not in overridden})
+        row: dict[str, Any] = {k: v for k, v in FAMILIES.get(family or "", {}).items() if k not in overridden}
+        return replace(self, **row)
 
 
 #: The official code's per-dataset values (main.py ``hyperparameters``) for the D4RL locomotion sets, by

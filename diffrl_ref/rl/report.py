@@ -1,6 +1,7 @@
 """Learning curves and the results table of ``diffrl train`` run folders (``diffrl plot``).
 
-Runs are grouped by (environment, algorithm, hyperparameter overrides); the seeds of a group are its members.
+Runs are grouped by (environment, algorithm, hyperparameter overrides), an offline run's "environment"
+being its dataset id; the seeds of a group are its members.
 A group with overrides (a ``diffrl sweep`` variant) is labelled by the name of its first run's parent folder
 (the sweep's group name, ``ENV/NAME/seedSEED``); ``results.json`` lists its overrides under ``hp``. The metric is the
 evaluation return for MuJoCo environments and the evaluation success rate for MetaWorld tasks. These are
@@ -119,6 +120,7 @@ def load_run(path: Path) -> Run:
     try:
         ident = json.loads(conf.read_text())["identity"]
         env, algo, seed, every = str(ident["env"]), str(ident["algo"]), int(ident["seed"]), int(ident["eval_every"])
+        env = str(ident.get("dataset") or env)  # an offline run is reported under its dataset
         hp = tuple(sorted((str(k), str(v)) for k, v in dict(ident.get("hp") or {}).items()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"cannot read {conf}: {type(exc).__name__} {exc}") from None

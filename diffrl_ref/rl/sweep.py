@@ -12,8 +12,10 @@ A grid file::
     eval_every: 5000          # optional, as the flags of ``diffrl train``
     eval_episodes: 10
     checkpoint_every: 10000
+    datasets: [diffrl/hopper/medium-v0]   # offline groups (diffusion-ql) run on these instead of envs
+    dataset_root: datasets                # their Minari root
 
-The cell (env, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
+The cell (env or dataset, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
 its algorithm), exactly as ``diffrl train ALGO --env ENV --seed SEED --steps STEPS --hp ... --out`` that
 folder would. Rerunning the sweep skips finished cells (their ``done.json``) and resumes the others from
 their checkpoints; a cell that fails is reported and retried once while the others go on. Without
@@ -36,7 +38,8 @@ import yaml
 
 from . import envs, loop
 
-GRID_KEYS = {"steps", "seeds", "envs", "groups", "eval_every", "eval_episodes", "checkpoint_every"}
+GRID_KEYS = {"steps", "seeds", "envs", "datasets", "dataset_root", "groups", "eval_every", "eval_episodes",
+             "checkpoint_every"}
 GROUP_KEYS = {"algo", "name", "hp"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -56,18 +59,21 @@ class Cell:
     eval_every: int = 5000
     eval_episodes: int = 10
     checkpoint_every: int = 10_000
+    dataset: str = ""
+    dataset_root: str = ""
 
     def folder(self, out: Path) -> Path:
-        return out / self.env / self.group / f"seed{self.seed}"
+        return out / (self.dataset or self.env) / self.group / f"seed{self.seed}"
 
     def label(self) -> str:
-        return f"{self.env}/{self.group}/seed{self.seed}"
+        return f"{self.dataset or self.env}/{self.group}/seed{self.seed}"
 
     def run_config(self, skip_conformance: bool = False) -> loop.RunConfig:
         return loop.RunConfig(algo=self.algo, env=self.env, seed=self.seed, steps=self.steps,
                               eval_every=self.eval_every, eval_episodes=self.eval_episodes,
                               checkpoint_every=self.checkpoint_every, hp=dict(self.hp),
-                              skip_conformance=skip_conformance)
+                              skip_conformance=skip_conformance, dataset=self.dataset,
+                              dataset_root=self.dataset_root)
 
 
 def _positive_int(grid: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -90,14 +96,27 @@ def load_grid(path: Path) -> list[Cell]:
         raise SweepError(f"grid: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
                          f"expected {', '.join(sorted(GRID_KEYS))}")
     steps = _positive_int(grid, "steps")
-    every = {k: _positive_int(grid, k, d) for k, d in
+    every: dict[str, Any] = {k: _positive_int(grid, k, d) for k, d in
              (("eval_every", 5000), ("eval_episodes", 10), ("checkpoint_every", 10_000))}
-    seeds, env_ids, groups = grid.get("seeds"), grid.get("envs"), grid.get("groups")
+    seeds, env_ids, groups = grid.get("seeds"), grid.get("envs", []), grid.get("groups")
+    data_ids = grid.get("datasets", [])
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                                       for s in seeds) and len(set(seeds)) == len(seeds)):
         raise SweepError(f"grid: seeds must be a list of distinct integers >= 0, got {seeds!r}")
-    if not (isinstance(env_ids, list) and env_ids and all(isinstance(e, str) for e in env_ids)):
+    if not (isinstance(env_ids, list) and all(isinstance(e, str) for e in env_ids)):
         raise SweepError(f"grid: envs must be a list of environment names, got {env_ids!r}")
+    if not (isinstance(data_ids, list) and all(isinstance(d, str) for d in data_ids)):
+        raise SweepError(f"grid: datasets must be a list of dataset ids, got {data_ids!r}")
+    data_env: dict[str, str] = {}
+    root = ""
+    if data_ids:
+        from . import datasets
+
+        try:
+            root = str(datasets.resolve_root(grid.get("dataset_root")))
+            data_env = {d: datasets.env_of(d, root) for d in data_ids}
+        except datasets.DatasetError as exc:
+            raise SweepError(f"grid: {exc}") from None
     for env in env_ids:
         try:
             envs.check_name(env)
@@ -122,7 +141,16 @@ def load_grid(path: Path) -> list[Cell]:
             raise SweepError(f"grid: group {i + 1}: name {name!r} must be unique, letters, digits, '.', '_' or '-'")
         names.add(name)
         typed = {str(k): getattr(resolved, str(k)) for k in sorted(hp)}
-        cells += [Cell(str(g["algo"]), env, seed, steps, name, typed, **every) for env in env_ids for seed in seeds]
+        if g["algo"] in loop.OFFLINE:  # offline groups run on every dataset, online ones on every env
+            if not data_ids:
+                raise SweepError(f"grid: group {i + 1} ({g['algo']}) trains offline: the grid needs datasets")
+            cells += [Cell(str(g["algo"]), data_env[d], seed, steps, name, typed, **every, dataset=d,
+                           dataset_root=root) for d in data_ids for seed in seeds]
+        else:
+            if not env_ids:
+                raise SweepError(f"grid: group {i + 1} ({g['algo']}) trains online: the grid needs envs")
+            cells += [Cell(str(g["algo"]), env, seed, steps, name, typed, **every) for env in env_ids
+                      for seed in seeds]
     return cells
 
 
