@@ -298,6 +298,9 @@ def test_kill_9_and_resume_reproduce_the_uninterrupted_run(algo: str, tmp_path: 
     assert not (killed / "done.json").exists()
     assert cli.main(_args(algo, env, killed, steps)) == 0
     _same_run(straight, killed)
+    starts = [json.loads(line) for line in (killed / "starts.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in starts] == ["fresh", "resume"] and starts[0]["step"] == 0 and starts[1]["step"] >= 450
+    assert starts[1]["cpu"] and starts[1]["host"]
     assert cli.main(_args(algo, env, extended, 500)) == 0
     assert cli.main(_args(algo, env, extended, steps)) == 0
     _same_run(straight, extended)

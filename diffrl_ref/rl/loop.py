@@ -189,6 +189,32 @@ class State:
     learn_steps: int = 0
 
 
+def cpu_model() -> str:
+    """The processor's name (float32 kernels round differently on different CPUs: runs are bitwise
+    reproducible on the same kind of machine only)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def record_start(out: Path, kind: str, step: int, device: str) -> None:
+    """Append one line to ``starts.jsonl``: every fresh start and resume, when, where and on what."""
+    import datetime
+    import platform
+
+    line = {"utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "kind": kind, "step": step,
+            "host": platform.node(), "cpu": cpu_model(), "device": device, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+    with open(out / "starts.jsonl", "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ck: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
@@ -317,6 +343,7 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
         np.random.set_state(ck["rng"]["numpy"])  # noqa: NPY002 - see np.random.seed above
         torch.set_rng_state(ck["rng"]["torch"])
         done_path.unlink(missing_ok=True)
+    record_start(out, "fresh" if ck is None else "resume", st.t, cfg.device)
     with DeferredInterrupt() as interrupt:
         keep = None if ck is None else st.t
         eval_log = CsvLog(out / "eval.csv", EVAL_COLUMNS, keep)

@@ -25,7 +25,8 @@ written to the output folder:
     NAME is the run folder's parent when the folder is named ``seedSEED`` (the layout of ``diffrl sweep``,
     so an archive copied back into a sweep folder lets the sweep skip its finished cells), else the
     algorithm (with the overrides for a variant). The logs of each run (``config.json``, ``eval.csv``,
-    ``train.csv``, ``episodes.csv``, ``done.json``; no checkpoint, no TensorBoard files): about 6 kB a run,
+    ``train.csv``, ``episodes.csv``, ``done.json``, ``starts.jsonl``: when, where and on what CPU each start
+    and resume ran; no checkpoint, no TensorBoard files): about 6 kB a run,
     which let the table and the plot be regenerated, and checked, from a repository alone, since the run
     folders themselves are large and short-lived. Running the command on these copies with the same
     ``--out`` rewrites the same files.
@@ -53,7 +54,7 @@ LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)", "diffusi
 COLORS = {"diffsr": "C0", "sac": "C1", "diffusion-ql": "C2"}
 ALGO_ORDER = {name: i for i, name in enumerate(loop.ALGOS)}
 DASH = "—"
-ARCHIVED = ("config.json", "eval.csv", "train.csv", "episodes.csv", "done.json")
+ARCHIVED = ("config.json", "eval.csv", "train.csv", "episodes.csv", "done.json", "starts.jsonl")
 
 
 class ReportError(ValueError):
