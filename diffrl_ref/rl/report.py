@@ -50,8 +50,11 @@ import numpy as np
 
 from . import envs, loop
 
-LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)", "diffusion-ql": "Diffusion-QL (ours)"}
-COLORS = {"diffsr": "C0", "sac": "C1", "diffusion-ql": "C2"}
+LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)", "diffusion-ql": "Diffusion-QL (ours)",
+          "d3rlpy-bc": "BC (d3rlpy)", "d3rlpy-td3bc": "TD3+BC (d3rlpy)", "d3rlpy-iql": "IQL (d3rlpy)",
+          "d3rlpy-cql": "CQL (d3rlpy)"}
+COLORS = {"diffsr": "C0", "sac": "C1", "diffusion-ql": "C2", "d3rlpy-bc": "C3", "d3rlpy-td3bc": "C4",
+          "d3rlpy-iql": "C5", "d3rlpy-cql": "C6"}
 ALGO_ORDER = {name: i for i, name in enumerate(loop.ALGOS)}
 DASH = "—"
 ARCHIVED = ("config.json", "eval.csv", "train.csv", "episodes.csv", "done.json", "starts.jsonl")
