@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import integrate
@@ -881,6 +881,191 @@ def test_train_step_rejects_out_of_domain(impl: Any, clause_id: str, i: int) -> 
     assert_raises_domain(need(impl, clause_id), clause_id, _psi_fn, _grad_nu_fn, *_BAD_TRAIN[i])
 
 
+# ---- diffsr.critic -----------------------------------------------------------------------
+
+
+def _elu(x: F) -> F:
+    """elu(x) = e^x - 1 for x < 0, x otherwise (expm1 of the negative part only)."""
+    return np.asarray(np.where(x < 0, np.expm1(np.minimum(x, 0.0)), x))
+
+
+@st.composite
+def _critic_case(draw: st.DrawFn, hidden: bool | None = None) -> dict[str, Any]:
+    """n critics on D features of m-dimensional psi (B rows); hidden head with H units, or the linear head."""
+    n, m, D, B = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    use_hidden = draw(st.booleans()) if hidden is None else hidden
+    H = draw(st.integers(1, 5)) if use_hidden else 0
+    return {"psi": draw(_arr((B, m), -3.0, 3.0)), "om": draw(_arr((n, D, m), -3.0, 3.0)),
+            "ph": draw(_arr((n, D), -2 * np.pi, 2 * np.pi)), "A": draw(finite(0.05, 3.0)),
+            "W": draw(_arr((n, H, D), -2.0, 2.0)) if use_hidden else None,
+            "c": draw(_arr((n, H), -3.0, 3.0)) if use_hidden else None,
+            "ow": draw(_arr((n, H if use_hidden else D), -2.0, 2.0)), "ob": draw(_arr((n,), -5.0, 5.0))}
+
+
+def _critic_args(dtype: str, case: dict[str, Any]) -> tuple[Any, ...]:
+    """The case's arguments rounded to the implementation's dtype, in the clause's order."""
+    return (*(_round_opt(dtype, case[k]) for k in ("psi", "om", "ph")), float(round_to(dtype, case["A"])),
+            *(_round_opt(dtype, case[k]) for k in ("W", "c", "ow", "ob")))
+
+
+def _critic_vars(psi: F, om: F, ph: F, A: float, W: F | None, c: F | None, ow: F, ob: F) -> dict[str, Any]:
+    """Rule variables: m, D, H (0 for the linear head), arg (n, B), mag (n, 1); quad = 0 (no float64 oracle)."""
+    arg = (np.einsum("bl,njl->nbj", np.abs(psi), np.abs(om)) + np.abs(ph)[:, None, :]).max(axis=2)
+    if W is None or c is None:
+        H, mag = 0, A * np.abs(ow).sum(axis=1) + np.abs(ob)
+    else:
+        U = A * np.abs(W).sum(axis=2) + np.abs(c)          # (n, H): bounds of the pre-activations
+        H, mag = W.shape[1], (np.abs(ow) * U).sum(axis=1) + np.abs(ob)
+    return {"m": psi.shape[1], "D": om.shape[1], "H": H, "arg": arg, "mag": mag[:, None], "quad": 0.0}
+
+
+#: Gauss-Hermite nodes per axis. For f(x) = cos(a sqrt(2) x + c) with a = |omega| s <= 2 the error of the
+#: normalised G-node rule is at most G! a^(2G) / (2G)! (the 2G-th derivative bound), 4^24 24! / 48! < 2e-23
+#: relative for G = 24, per axis (m = 2 multiplies it by a small constant): far below every dtype's rule,
+#: float64's included, so the quadrature is exact here.
+_GH_NODES = 24
+
+
+@st.composite
+def _gauss_case(draw: st.DrawFn) -> dict[str, Any]:
+    m, n, D = draw(st.sampled_from([1, 2])), draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    om = draw(_arr((n, D, m), -3.0, 3.0))
+    top = float(np.linalg.norm(om, axis=2).max())
+    s = draw(finite(0.05, 1.0))
+    if top > 0:
+        s = min(s, 2.0 / top)                               # |omega_ij| s <= 2: the quadrature bound above
+    return {"mu": draw(_arr((m,), -2.0, 2.0)), "s": s, "om": om, "ph": draw(_arr((n, D), 0.0, 2 * np.pi)),
+            "A": draw(finite(0.05, 3.0)), "ow": draw(_arr((n, D), -2.0, 2.0)), "ob": draw(_arr((n,), -5.0, 5.0))}
+
+
+@clause("diffsr.critic", "gaussian_expectation")
+@given(case=_gauss_case())
+def test_critic_gaussian_expectation(impl: Any, clause_id: str, case: dict[str, Any]) -> None:
+    om, ph, ow, ob = (round_to(impl.dtype, case[k]) for k in ("om", "ph", "ow", "ob"))
+    A = float(round_to(impl.dtype, case["A"]))
+    mu, s = case["mu"], case["s"]
+    m = mu.size
+    x, w = np.polynomial.hermite.hermgauss(_GH_NODES)
+    w = w / np.sqrt(np.pi)                                  # E f(Z), Z ~ N(0, 1/2) per axis: weights sum to 1
+    X = np.stack(np.meshgrid(*([x] * m), indexing="ij"), axis=-1).reshape(-1, m)
+    wt = np.prod(np.stack(np.meshgrid(*([w] * m), indexing="ij"), axis=-1).reshape(-1, m), axis=1)
+    # psi = mu + sqrt(2) s X ~ N(mu, s^2 I). The nodes are rounded to the dtype; the oracle is the law of the
+    # unrounded ones (the rule's m + 2 covers the move).
+    psi = round_to(impl.dtype, mu + np.sqrt(2.0) * s * X)
+    q = _f64(need(impl, clause_id)(psi, om, ph, A, None, None, ow, ob))
+    shape = (ow.shape[0], psi.shape[0])
+    assert_that(q.shape == shape, clause_id, f"shape {q.shape}, expected {shape}")
+    got = q @ wt
+    decay = np.exp(-0.5 * s**2 * (om**2).sum(axis=2))      # E cos(omega^T psi + b) = decay cos(omega^T mu + b)
+    expected = ob + A * (ow * decay * np.cos(om @ mu + ph)).sum(axis=1)
+    v = _critic_vars(psi, om, ph, A, None, None, ow, ob)
+    mag = v["mag"][:, 0]
+    # The float64 rounding of this oracle (the weighted sum over the nodes, the closed form): the rule's quad.
+    quad = (wt.size + om.shape[1] + 4) * spec.EPS["float64"] * mag
+    assert_close(clause_id, got, expected, dtype=impl.dtype,
+                 what="E[Q_i(psi)] = d_i + A sum_j w_ij exp(-s^2 |omega_ij|^2 / 2) cos(omega_ij^T mu + b_ij)",
+                 m=m, D=om.shape[1], H=0, arg=v["arg"].max(axis=1), mag=mag, quad=quad,
+                 inputs={"s": s, "A": A, "nodes": psi.shape[0]})
+
+
+@clause("diffsr.critic", "elu_head")
+@given(case=_critic_case(hidden=True), data=st.data())
+def test_critic_elu_head(impl: Any, clause_id: str, case: dict[str, Any], data: st.DataObject) -> None:
+    psi, om, ph, A, W, c, ow, ob = _critic_args(impl.dtype, case)
+    fn = need(impl, clause_id)
+    n, D = om.shape[0], om.shape[1]
+    zero = np.zeros_like(W)
+    q0 = _f64(fn(psi, om, ph, A, zero, c, ow, ob))
+    const = (ow * _elu(c)).sum(axis=1) + ob                 # whatever psi: W z = 0
+    assert_close(clause_id, q0, np.broadcast_to(const[:, None], q0.shape), dtype=impl.dtype,
+                 what="hidden_w = 0: Q_i = w_i^T elu(c_i) + d_i for every psi",
+                 **_critic_vars(psi, om, ph, A, zero, c, ow, ob))
+    # hidden_w = I and hidden_b >= 2A: the pre-activation z + c >= A > 0, where elu is the identity.
+    eye = np.broadcast_to(np.eye(D), (n, D, D)).copy()
+    c2 = round_to(impl.dtype, 2.0 * A + data.draw(_arr((n, D), 0.0, 3.0)))
+    w2 = round_to(impl.dtype, data.draw(_arr((n, D), -2.0, 2.0)))
+    q_hidden = _f64(fn(psi, om, ph, A, eye, c2, w2, ob))
+    q_linear = _f64(fn(psi, om, ph, A, None, None, w2, ob))
+    assert_close(clause_id, q_hidden, q_linear + (w2 * c2).sum(axis=1)[:, None], dtype=impl.dtype,
+                 what="hidden_w = I, hidden_b >= 2A: Q = linear-head Q + w^T c",
+                 **_critic_vars(psi, om, ph, A, eye, c2, w2, ob))
+
+
+@clause("diffsr.critic", "symmetries")
+@given(case=_critic_case(), scale=finite(0.25, 4.0), data=st.data())
+def test_critic_symmetries(impl: Any, clause_id: str, case: dict[str, Any], scale: float,
+                           data: st.DataObject) -> None:
+    psi, om, ph, A, W, c, ow, ob = _critic_args(impl.dtype, case)
+    fn = need(impl, clause_id)
+    q = _f64(fn(psi, om, ph, A, W, c, ow, ob))
+    ph_2pi = round_to(impl.dtype, ph + 2 * np.pi)
+    v = _critic_vars(psi, om, ph, A, W, c, ow, ob)
+    v["arg"] = np.maximum(v["arg"], _critic_vars(psi, om, ph_2pi, A, W, c, ow, ob)["arg"])
+    assert_close(clause_id, _f64(fn(psi, om, ph_2pi, A, W, c, ow, ob)), q, dtype=impl.dtype,
+                 what="Q(b + 2 pi) = Q(b)", **v)
+    assert_close(clause_id, _f64(fn(psi, -om, -ph, A, W, c, ow, ob)), q, dtype=impl.dtype,
+                 what="Q(-omega, -b) = Q(omega, b)", **v)
+    # Linear head, d = 0: Q is A times a function of (omega, b, w). The scaled amplitude is rounded to the
+    # dtype; the test compares with the ratio of the amplitudes actually passed.
+    w_lin = round_to(impl.dtype, data.draw(_arr((om.shape[0], om.shape[1]), -2.0, 2.0)))
+    d0 = np.zeros(om.shape[0])
+    A2 = float(round_to(impl.dtype, scale * A))
+    q1 = _f64(fn(psi, om, ph, A, None, None, w_lin, d0))
+    q2 = _f64(fn(psi, om, ph, A2, None, None, w_lin, d0))
+    assert_close(clause_id, q2, (A2 / A) * q1, dtype=impl.dtype, what="Q(c A) = c Q(A) (linear head, d = 0)",
+                 **_critic_vars(psi, om, ph, max(A, A2), None, None, w_lin, d0), inputs={"A": A, "cA": A2})
+
+
+@clause("diffsr.critic", "matches_reference")
+@given(case=_critic_case())
+def test_critic_matches_reference(impl: Any, clause_id: str, case: dict[str, Any]) -> None:
+    args = _critic_args(impl.dtype, case)
+    assert_close(clause_id, need(impl, clause_id)(*args), ref.critic(*args), dtype=impl.dtype,
+                 what="hidden head" if case["W"] is not None else "linear head", **_critic_vars(*args))
+
+
+_CPSI, _COM, _CPH = np.ones((2, 3)), np.ones((2, 4, 3)), np.zeros((2, 4))
+_CW, _CC, _COW, _COB = np.ones((2, 5, 4)), np.zeros((2, 5)), np.ones((2, 5)), np.zeros(2)
+
+
+def _nan(shape: tuple[int, ...]) -> F:
+    a = np.ones(shape)
+    a.flat[-1] = np.nan
+    return a
+
+
+_BAD_CRITIC: list[tuple[Any, ...]] = [
+    (_nan((2, 3)), _COM, _CPH, 1.0, _CW, _CC, _COW, _COB),
+    (_CPSI, _nan((2, 4, 3)), _CPH, 1.0, _CW, _CC, _COW, _COB),
+    (_CPSI, _COM, _nan((2, 4)), 1.0, _CW, _CC, _COW, _COB),
+    (_CPSI, _COM, _CPH, float("nan"), _CW, _CC, _COW, _COB),
+    (_CPSI, _COM, _CPH, 1.0, _nan((2, 5, 4)), _CC, _COW, _COB),
+    (_CPSI, _COM, _CPH, 1.0, _CW, _nan((2, 5)), _COW, _COB),
+    (_CPSI, _COM, _CPH, 1.0, _CW, _CC, _nan((2, 5)), _COB),
+    (_CPSI, _COM, _CPH, 1.0, _CW, _CC, _COW, _nan((2,))),
+    (_CPSI, _COM, _CPH, 1.0, None, None, _nan((2, 4)), _COB),      # NaN in the linear head's weights
+    (_CPSI, _COM, _CPH, 0.0, _CW, _CC, _COW, _COB),                 # amplitude 0
+    (_CPSI, _COM, _CPH, -1.0, _CW, _CC, _COW, _COB),
+    (_CPSI, _COM, _CPH, 1.0, _CW, None, _COW, _COB),                # hidden_w without hidden_b
+    (_CPSI, _COM, _CPH, 1.0, None, _CC, _COW, _COB),                # hidden_b without hidden_w
+    (np.ones(3), _COM, _CPH, 1.0, _CW, _CC, _COW, _COB),            # psi one-dimensional
+    (_CPSI, np.ones((2, 4, 2)), _CPH, 1.0, _CW, _CC, _COW, _COB),   # omegas of the wrong width
+    (_CPSI, np.ones((4, 3)), np.zeros(4), 1.0, None, None, np.ones(4), np.zeros(1)),   # omegas two-dimensional
+    (_CPSI, _COM, np.zeros((2, 3)), 1.0, _CW, _CC, _COW, _COB),     # phases of the wrong length
+    (_CPSI, _COM, _CPH, 1.0, np.ones((2, 5, 3)), _CC, _COW, _COB),  # hidden_w of the wrong width
+    (_CPSI, _COM, _CPH, 1.0, _CW, np.zeros((2, 4)), _COW, _COB),    # hidden_b of the wrong length
+    (_CPSI, _COM, _CPH, 1.0, _CW, _CC, np.ones((2, 4)), _COB),      # out_w of the features' width, not H
+    (_CPSI, _COM, _CPH, 1.0, None, None, _COW, _COB),               # linear head with out_w of width H
+    (_CPSI, _COM, _CPH, 1.0, _CW, _CC, _COW, np.zeros(3)),          # out_b of the wrong length
+]
+
+
+@clause("diffsr.critic", "rejects_out_of_domain")
+@given(i=st.sampled_from(range(len(_BAD_CRITIC))))
+def test_critic_rejects_out_of_domain(impl: Any, clause_id: str, i: int) -> None:
+    assert_raises_domain(need(impl, clause_id), clause_id, *_BAD_CRITIC[i])
+
+
 # ---- finite MDPs for the TD clauses --------------------------------------------------------
 
 
@@ -999,8 +1184,16 @@ def test_td_target_fixed_point(impl: Any, clause_id: str, mdp: dict[str, Any]) -
                  inputs={"gamma": gamma, "alpha": alpha})
 
 
+#: A soft target with a live bootstrap (alpha > 0, log pi given, done = 0 on one row, gamma > 0), values exact in
+#: every dtype: always among the examples, so a wrong entropy term cannot pass for want of such a draw.
+_TD_SOFT: dict[str, Any] = {"r": np.array([0.5, -1.0]), "done": np.array([0.0, 1.0]),
+                            "q": np.array([[2.0, -3.0], [1.5, 4.0]]), "gamma": 0.875, "alpha": 0.5,
+                            "log_pi": np.array([-1.25, 0.75])}
+
+
 @clause("diffsr.td_target", "matches_reference")
 @given(case=_td_case())
+@example(case=_TD_SOFT)
 def test_td_target_matches_reference(impl: Any, clause_id: str, case: dict[str, Any]) -> None:
     r, done, q, gamma, alpha, lp = _rounded(impl, case)
     assert_close(clause_id, need(impl, clause_id)(r, done, q, gamma, alpha, lp),

@@ -247,6 +247,53 @@ def train_step(
 # ---- online RL with the features (Algorithm 2) ------------------------------------------
 
 
+def _elu(x: Array) -> Array:
+    """elu(x) = x for x > 0, e^x - 1 otherwise (expm1: no cancellation near 0, no overflow for large x)."""
+    return np.asarray(np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))), dtype=np.float64)
+
+
+def critic(
+    psi: ArrayLike,
+    omegas: ArrayLike,
+    phases: ArrayLike,
+    amplitude: float,
+    hidden_w: ArrayLike | None,
+    hidden_b: ArrayLike | None,
+    out_w: ArrayLike,
+    out_b: ArrayLike,
+) -> Array:
+    """Clause ``diffsr.critic``: Q_i = w_i^T h_i + d_i, h_i = elu(W_i z_i + c_i) or z_i, z_i = A cos(omega_i psi + b_i).
+
+    Returns (n_critics, B). hidden_w = hidden_b = None is the linear head of the deck's spectral Q.
+    """
+    cid = "diffsr.critic"
+    p = as_batch(psi, cid, "psi")
+    m = p.shape[1]
+    w = as_f64(omegas, cid, "omegas")
+    require(w.ndim == 3 and w.shape[0] >= 1 and w.shape[1] >= 1 and w.shape[2] == m, cid,
+            f"omegas must have shape (n_critics, D, {m}) with n_critics, D >= 1, got {w.shape}")
+    n, D = w.shape[0], w.shape[1]
+    b = as_f64(phases, cid, "phases")
+    require(b.shape == (n, D), cid, f"phases must have shape ({n}, {D}), got {b.shape}")
+    A = as_f64(amplitude, cid, "amplitude")
+    require(A.ndim == 0 and float(A) > 0.0, cid, f"amplitude must be a scalar > 0, got {amplitude!r}")
+    require((hidden_w is None) == (hidden_b is None), cid, "hidden_w and hidden_b are both given or both None")
+    z = float(A) * np.cos(np.einsum("bl,njl->nbj", p, w) + b[:, None, :])        # (n, B, D)
+    h = z
+    if hidden_w is not None and hidden_b is not None:
+        W = as_f64(hidden_w, cid, "hidden_w")
+        require(W.ndim == 3 and W.shape[0] == n and W.shape[1] >= 1 and W.shape[2] == D, cid,
+                f"hidden_w must have shape ({n}, H, {D}) with H >= 1, got {W.shape}")
+        c = as_f64(hidden_b, cid, "hidden_b")
+        require(c.shape == (n, W.shape[1]), cid, f"hidden_b must have shape ({n}, {W.shape[1]}), got {c.shape}")
+        h = _elu(np.einsum("nbj,nkj->nbk", z, W) + c[:, None, :])              # (n, B, H)
+    width = h.shape[2]
+    ow = as_f64(out_w, cid, "out_w")
+    require(ow.shape == (n, width), cid, f"out_w must have shape ({n}, {width}), got {ow.shape}")
+    ob = _vector(out_b, n, cid, "out_b")
+    return np.asarray(np.einsum("nbk,nk->nb", h, ow) + ob[:, None], dtype=np.float64)
+
+
 def td_target(
     r: ArrayLike,
     done: ArrayLike,

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..fast import diffsr as D
 from ..fast import diffusion_ql as F
 from ..fast import schedule
+from ..fast.nets import DiffusionQLNet
 from ..fast.schedule import Schedule
 from .datasets import Transitions
 
@@ -102,7 +103,7 @@ HYPERPARAMETERS: dict[str, str] = {
     "family": "which row of the official per-dataset table sets lr, eta and grad_norm ('auto': from the "
               "dataset id; values set with --hp win)",
     "K": "paper and official code (T=5, beta_schedule='vp')",
-    "hidden": "paper and official code (3 hidden layers of 256, Mish; critics alike)",
+    "hidden": "paper and official code (3 hidden layers of 256, Mish; critics alike): fast.nets.DiffusionQLNet",
     "t_dim": "official code (MLP t_dim=16: sinusoidal embedding, Linear 16->32, Mish, Linear 32->16)",
     "lr": "official table (3e-4 for every locomotion set)",
     "critic_lr": "official code (critic Adam lr=3e-4)",
@@ -128,34 +129,6 @@ def family_of(dataset_id: str) -> str | None:
         return None
     name = f"{parts[-2]}-{parts[-1].rsplit('-v', 1)[0]}"
     return name if name in FAMILIES else None
-
-
-class SinusoidalEmbedding(nn.Module):
-    """[sin(k w_j) | cos(k w_j)], w_j = 10000^(-j / (half - 1)) (the official SinusoidalPosEmb)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        half = dim // 2
-        self.register_buffer("freqs", torch.exp(torch.arange(half) * -(math.log(10000) / (half - 1))))
-
-    def forward(self, k: Tensor) -> Tensor:
-        arg = k.to(torch.float32)[:, None] * self.freqs[None, :]  # type: ignore[index]
-        return torch.cat([arg.sin(), arg.cos()], dim=-1)
-
-
-class NoiseNet(nn.Module):
-    """eps_theta(a^k, k, s): the official MLP (time embedding, then 3 x 256 Mish layers)."""
-
-    def __init__(self, ds: int, da: int, hidden: int, t_dim: int) -> None:
-        super().__init__()
-        self.time = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
-                                  nn.Linear(2 * t_dim, t_dim))
-        self.mid = nn.Sequential(nn.Linear(da + t_dim + ds, hidden), nn.Mish(), nn.Linear(hidden, hidden), nn.Mish(),
-                                 nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, da))
-
-    def forward(self, a_k: Tensor, k: Tensor, s: Tensor) -> Tensor:
-        out: Tensor = self.mid(torch.cat([a_k, self.time(k), s], dim=-1))
-        return out
 
 
 class DoubleCritic(nn.Module):
@@ -203,7 +176,7 @@ class DiffusionQLAgent:
         self.da = da
         dev = self.device
         self.sched = Schedule.from_betas(schedule.vp(cfg.K), device=dev)
-        self.policy = NoiseNet(ds, da, cfg.hidden, cfg.t_dim).to(dev)
+        self.policy = DiffusionQLNet(ds, da, cfg.hidden, cfg.t_dim).to(dev)
         self.ema = copy.deepcopy(self.policy).requires_grad_(False)
         self.critic = DoubleCritic(ds, da, cfg.hidden).to(dev)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -221,7 +194,7 @@ class DiffusionQLAgent:
 
     # ---- interface ----------------------------------------------------------------------------
 
-    def sample(self, net: NoiseNet, s: Tensor) -> Tensor:
+    def sample(self, net: DiffusionQLNet, s: Tensor) -> Tensor:
         B = s.shape[0]
         a_K = torch.randn(B, self.da, device=self.device)
         noises = torch.randn(self.cfg.K, B, self.da, device=self.device)

@@ -55,6 +55,14 @@ def train_step(b: Bridge, psi_fn: Any, grad_nu_fn: Any, s: ArrayLike, a: ArrayLi
                                     b.x(eps, cid, "eps"), b.sched(betas, cid), b.k(k, cid))))
 
 
+def critic(b: Bridge, psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float,
+           hidden_w: ArrayLike | None, hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> Any:
+    cid = "diffsr.critic"
+    return b.out(F.critic(b.x(psi, cid, "psi"), b.x(omegas, cid, "omegas"), b.x(phases, cid, "phases"), amplitude,
+                          b.opt(hidden_w, cid, "hidden_w"), b.opt(hidden_b, cid, "hidden_b"),
+                          b.x(out_w, cid, "out_w"), b.x(out_b, cid, "out_b")))
+
+
 def td_target(b: Bridge, r: ArrayLike, done: ArrayLike, q_next: ArrayLike, gamma: float, alpha: float = 0.0,
               log_pi_next: ArrayLike | None = None) -> Any:
     cid = "diffsr.td_target"

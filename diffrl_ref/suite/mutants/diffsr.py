@@ -327,6 +327,72 @@ def _train_unchecked(psi_fn: ref.PsiFn, grad_nu_fn: ref.GradNuFn, s: ArrayLike, 
         return float(np.mean(((np.einsum("bm,bmd->bd", psi, g) + (x - np.sqrt(1 - lv) * s1) / lv) ** 2).sum(axis=1)))
 
 
+# ---- critic -------------------------------------------------------------------------------
+
+
+def _q_with(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float, hidden_w: ArrayLike | None,
+            hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike, *, trig: Any = np.cos,
+            amp: Any = None, act: Any = None, use_phases: bool = True, use_out_b: bool = True) -> F:
+    """The critic with one buggy piece, on inputs validated by the reference (its output is discarded)."""
+    ref.critic(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b)
+    p, w, b = (np.asarray(x, dtype=np.float64) for x in (psi, omegas, phases))
+    A = float(amplitude) if amp is None else amp(w.shape[1])
+    proj = np.einsum("bl,njl->nbj", p, w) + (b[:, None, :] if use_phases else 0.0)
+    h = A * trig(proj)
+    if hidden_w is not None and hidden_b is not None:
+        u = np.einsum("nbj,nkj->nbk", h, np.asarray(hidden_w, dtype=np.float64)) + np.asarray(hidden_b)[:, None, :]
+        h = ref._elu(u) if act is None else act(u)  # noqa: SLF001 - the reference's elu, unless the bug replaces it
+    q = np.einsum("nbk,nk->nb", h, np.asarray(out_w, dtype=np.float64))
+    return np.asarray(q + (np.asarray(out_b, dtype=np.float64)[:, None] if use_out_b else 0.0))
+
+
+def _q_sin(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float, hidden_w: ArrayLike | None,
+           hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> F:
+    return _q_with(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b, trig=np.sin)  # sin(l1(psi))
+
+
+def _q_fixed_amplitude(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float,
+                       hidden_w: ArrayLike | None, hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> F:
+    return _q_with(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b,
+                   amp=lambda D: np.sqrt(2.0 / D))          # the amplitude argument ignored: always sqrt(2/D)
+
+
+def _q_relu(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float, hidden_w: ArrayLike | None,
+            hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> F:
+    return _q_with(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b,
+                   act=lambda u: np.maximum(u, 0.0))        # ReLU where the head has ELU
+
+
+def _q_no_phases(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float, hidden_w: ArrayLike | None,
+                 hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> F:
+    return _q_with(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b, use_phases=False)
+
+
+def _q_no_out_bias(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float,
+                   hidden_w: ArrayLike | None, hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> F:
+    return _q_with(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b, use_out_b=False)
+
+
+def _q_unchecked(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float, hidden_w: ArrayLike | None,
+                 hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> F:
+    p = np.atleast_2d(np.asarray(psi, dtype=np.float64))
+    w = np.asarray(omegas, dtype=np.float64)
+    w = w if w.ndim == 3 else w[None]
+    k = min(p.shape[1], w.shape[2])
+    n, D = w.shape[0], w.shape[1]
+    b = np.resize(np.asarray(phases, dtype=np.float64), (n, D))
+    with np.errstate(all="ignore"):
+        h = float(amplitude) * np.cos(np.einsum("bl,njl->nbj", p[:, :k], w[:, :, :k]) + b[:, None, :])
+        if hidden_w is not None:                            # hidden_b missing: taken as 0
+            W = np.asarray(hidden_w, dtype=np.float64)
+            W = np.resize(W, (n, W.shape[1], D))
+            c = np.zeros((n, W.shape[1])) if hidden_b is None else np.resize(np.asarray(hidden_b), (n, W.shape[1]))
+            u = np.einsum("nbj,nkj->nbk", h, W) + c[:, None, :]
+            h = np.where(u > 0, u, np.expm1(np.minimum(u, 0.0)))
+        ow = np.resize(np.asarray(out_w, dtype=np.float64), (n, h.shape[2]))
+        return np.asarray(np.einsum("nbk,nk->nb", h, ow) + np.resize(np.asarray(out_b, dtype=np.float64), n)[:, None])
+
+
 # ---- td_target, critic_loss, policy_objective ---------------------------------------------
 
 
@@ -491,6 +557,20 @@ MUTANTS = [
            "batch objective summed instead of averaged", {"diffsr.train_step": _train_sum}),
     Mutant("diffsr_train_unchecked", "diffsr.train_step", ("rejects_out_of_domain",),
            "no domain checks: k = 0 wraps, eps is resized, NaN passes", {"diffsr.train_step": _train_unchecked}),
+    Mutant("diffsr_q_sin", "diffsr.critic", ("gaussian_expectation", "symmetries", "matches_reference"),
+           "sin(omega psi + b) where the features are cos(omega psi + b) (the official sin(l1(psi)) with b not "
+           "shifted by -pi/2)", {"diffsr.critic": _q_sin}),
+    Mutant("diffsr_q_fixed_amplitude", "diffsr.critic", ("gaussian_expectation", "symmetries", "matches_reference"),
+           "the amplitude argument ignored, sqrt(2/D) hard-coded", {"diffsr.critic": _q_fixed_amplitude}),
+    Mutant("diffsr_q_relu_head", "diffsr.critic", ("elu_head", "matches_reference"),
+           "ReLU in the hidden head instead of ELU", {"diffsr.critic": _q_relu}),
+    Mutant("diffsr_q_no_phases", "diffsr.critic", ("gaussian_expectation", "matches_reference"),
+           "phases ignored: A cos(omega psi)", {"diffsr.critic": _q_no_phases}),
+    Mutant("diffsr_q_no_out_bias", "diffsr.critic", ("gaussian_expectation", "elu_head", "matches_reference"),
+           "the output bias d_i dropped", {"diffsr.critic": _q_no_out_bias}),
+    Mutant("diffsr_q_unchecked", "diffsr.critic", ("rejects_out_of_domain",),
+           "no domain checks: NaN and amplitude <= 0 pass, shapes are resized, a missing hidden_b is taken as 0",
+           {"diffsr.critic": _q_unchecked}),
     Mutant("diffsr_td_max_critics", "diffsr.td_target",
            ("min_over_critics", "done_masks_bootstrap", "fixed_point", "matches_reference"),
            "max over the target critics instead of min", {"diffsr.td_target": _td_max}),

@@ -944,6 +944,47 @@ def _train_step_beta_k(psi_fn: Any, grad_nu_fn: Any, s: ArrayLike, a: ArrayLike,
                                       level).mean()))
 
 
+def _critic_fast(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float, hidden_w: ArrayLike | None,
+                 hidden_b: ArrayLike | None, out_w: ArrayLike,
+                 out_b: ArrayLike) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor, Tensor]:
+    """The bridge's tensors, validated by the production critic (its output is discarded)."""
+    cid = "diffsr.critic"
+    t = (BR.x(psi, cid, "psi"), BR.x(omegas, cid, "omegas"), BR.x(phases, cid, "phases"))
+    hw, hb = BR.opt(hidden_w, cid, "hidden_w"), BR.opt(hidden_b, cid, "hidden_b")
+    ow, ob = BR.x(out_w, cid, "out_w"), BR.x(out_b, cid, "out_b")
+    f_diffsr.critic(*t, amplitude, hw, hb, ow, ob)  # validates
+    return (*t, hw, hb, ow, ob)
+
+
+def _critic_relu(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float, hidden_w: ArrayLike | None,
+                 hidden_b: ArrayLike | None, out_w: ArrayLike, out_b: ArrayLike) -> Any:
+    """nn.ReLU in the head where the critic has nn.ELU (the activation of the psi network and the actor)."""
+    p, om, ph, hw, hb, ow, ob = _critic_fast(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b)
+    qs = []
+    for i in range(om.shape[0]):
+        h = amplitude * torch.cos(p @ om[i].T + ph[i])
+        if hw is not None and hb is not None:
+            h = nnf.relu(nnf.linear(h, hw[i], hb[i]))
+        qs.append(nnf.linear(h, ow[i].unsqueeze(0), ob[i].unsqueeze(0)).squeeze(-1))
+    return BR.out(torch.stack(qs))
+
+
+def _critic_amplitude_squared(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float,
+                              hidden_w: ArrayLike | None, hidden_b: ArrayLike | None, out_w: ArrayLike,
+                              out_b: ArrayLike) -> Any:
+    """The amplitude applied twice (A = sqrt(2/D) as a variance-style factor 2/D): A^2 cos(omega psi + b)."""
+    p, om, ph, hw, hb, ow, ob = _critic_fast(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b)
+    return BR.out(f_diffsr.critic(p, om, ph, amplitude**2, hw, hb, ow, ob))
+
+
+def _critic_first_frequencies(psi: ArrayLike, omegas: ArrayLike, phases: ArrayLike, amplitude: float,
+                              hidden_w: ArrayLike | None, hidden_b: ArrayLike | None, out_w: ArrayLike,
+                              out_b: ArrayLike) -> Any:
+    """omegas[0] and phases[0] for every critic: the features of the first critic shared by all of them."""
+    p, om, ph, hw, hb, ow, ob = _critic_fast(psi, omegas, phases, amplitude, hidden_w, hidden_b, out_w, out_b)
+    return BR.out(f_diffsr.critic(p, om[:1].expand_as(om), ph[:1].expand_as(ph), amplitude, hw, hb, ow, ob))
+
+
 def _td_target_no_done(r: ArrayLike, done: ArrayLike, q_next: ArrayLike, gamma: float, alpha: float = 0.0,
                        log_pi_next: ArrayLike | None = None) -> Any:
     """The bootstrap never masked: done validated, then dropped (y = r + gamma soft-min Q at terminal states)."""
@@ -1342,6 +1383,15 @@ MUTANTS = [
            ("composition", "vincent_minimum", "matches_reference"),
            "the noise level beta^k read from beta_k instead of 1 - alpha_bar_k",
            {"diffsr.train_step": _train_step_beta_k}, target="fast"),
+    Mutant("fast_diffsr_critic_relu", "diffsr.critic", ("elu_head", "matches_reference"),
+           "nnf.relu in the critic's hidden layer where it has elu", {"diffsr.critic": _critic_relu}, target="fast"),
+    Mutant("fast_diffsr_critic_amplitude_squared", "diffsr.critic",
+           ("gaussian_expectation", "symmetries", "matches_reference"),
+           "the amplitude applied twice: A^2 cos(omega psi + b)", {"diffsr.critic": _critic_amplitude_squared},
+           target="fast"),
+    Mutant("fast_diffsr_critic_first_frequencies", "diffsr.critic", ("gaussian_expectation", "matches_reference"),
+           "omegas[0] and phases[0] used for every critic", {"diffsr.critic": _critic_first_frequencies},
+           target="fast"),
     Mutant("fast_diffsr_td_target_no_done", "diffsr.td_target",
            ("done_masks_bootstrap", "fixed_point", "matches_reference"),
            "the bootstrap never masked by done", {"diffsr.td_target": _td_target_no_done}, target="fast"),
