@@ -173,6 +173,7 @@ def test_cli_plot(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_archive_holds_the_logs_only(runs: list[Path], tmp_path: Path) -> None:
     (runs[0] / "episodes.csv").write_text("step,episode,return,length,success\n")
+    (runs[0] / "starts.jsonl").write_text('{"kind": "fresh", "step": 0}\n')
     (runs[0] / "checkpoint.pt").write_bytes(b"\0" * 4096)
     (runs[0] / "tb").mkdir()
     out = tmp_path / "out"
