@@ -1,16 +1,18 @@
 """Conformance: spec family ``edp`` (Kang, Ma, Du, Pang and Yan, NeurIPS 2023).
 
 alpha_bar and the ELBO weight are recomputed in float64 from the (rounded) betas; networks are
-the deterministic MLPs of diffrl_ref.suite.networks (Lipschitz bound from their weights).
+the deterministic MLPs of diffrl_ref.suite.networks (Lipschitz bound from their weights). The IQL
+critic clauses use an exact expectile (rational arithmetic) and finite MDPs solved exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -19,10 +21,12 @@ from diffrl_ref.reference import ddim as ref_ddim
 from diffrl_ref.reference import ddpm as ref_ddpm
 from diffrl_ref.reference import edp as ref
 from diffrl_ref.suite import networks
-from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, round_to
+from diffrl_ref.suite.check import assert_close, assert_raises_domain, assert_that, need, observable, round_to
 from diffrl_ref.suite.clause import clause
 from diffrl_ref.suite.gaussian_oracle import GaussianData
-from diffrl_ref.suite.strategies import betas, finite
+from diffrl_ref.suite.strategies import BELOW_ONE, betas, finite
+
+from .test_diffsr import _simplex
 
 F = np.ndarray
 MISH_SLOPE = 1.1  # max |d/dx x tanh(softplus(x))| ~ 1.0998: Mish's Lipschitz constant, for the bound L
@@ -465,3 +469,252 @@ _BAD_OBJ: list[tuple[Any, ...]] = [
 @given(i=st.sampled_from(range(len(_BAD_OBJ))))
 def test_policy_objective_rejects_out_of_domain(impl: Any, clause_id: str, i: int) -> None:
     assert_raises_domain(need(impl, clause_id), clause_id, *_BAD_OBJ[i])
+
+
+# ---- edp.expectile_loss -----------------------------------------------------------------
+
+
+def _flush(v: float) -> float:
+    """|v| < 1e-6 becomes 0: a difference of such values, squared, would be subnormal in float32 (not a tolerance)."""
+    return 0.0 if abs(v) < 1e-6 else v
+
+
+def _values(B: int, span: float) -> st.SearchStrategy[F]:
+    return hnp.arrays(np.float64, (B,), elements=finite(-span, span).map(_flush))
+
+
+def _tau() -> st.SearchStrategy[float]:
+    """An expectile in (0, 1) that stays there in every dtype; IQL's 0.7 and 0.9, and 0.5, always among the draws."""
+    return st.one_of(st.sampled_from([0.5, 0.7, 0.9]), finite(0.01, BELOW_ONE))
+
+
+@st.composite
+def _residuals(draw: st.DrawFn) -> dict[str, Any]:
+    """Q and V (exact ties on some rows) and an expectile."""
+    B = draw(st.integers(1, 8))
+    q, v = draw(_values(B, 20.0)), draw(_values(B, 20.0))
+    ties = draw(hnp.arrays(np.bool_, (B,)))
+    return {"q": q, "v": np.where(ties, q, v), "tau": draw(_tau())}
+
+
+def _rows(out: Any, B: int, clause_id: str) -> F:
+    """The implementation's per-row losses, checked to be (B,) before the test indexes or sums them."""
+    y = _f64(out)
+    assert_that(y.shape == (B,), clause_id, f"loss has shape {y.shape}, expected ({B},)")
+    return y
+
+
+def _qv_tau(impl: Any, c: dict[str, Any]) -> tuple[F, F, float]:
+    return round_to(impl.dtype, c["q"]), round_to(impl.dtype, c["v"]), float(round_to(impl.dtype, c["tau"]))
+
+
+@clause("edp.expectile_loss", "asymmetric_square")
+@given(c=_residuals())
+def test_expectile_loss_asymmetric_square(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    q, v, tau = _qv_tau(impl, c)
+    u = q - v
+    fn = need(impl, clause_id)
+    want = np.where(u > 0, tau, np.where(u < 0, 1.0 - tau, 0.0)) * u**2
+    assert_close(clause_id, fn(q, v, tau), want, dtype=impl.dtype, what="tau u^2 (u > 0), (1 - tau) u^2 (u < 0)",
+                 mag=0.0, inputs={"u": u, "tau": tau})
+    assert_close(clause_id, fn(q, v, 0.5), u**2 / 2, dtype=impl.dtype, what="tau = 1/2: u^2 / 2", mag=0.0,
+                 inputs={"u": u})
+
+
+@st.composite
+def _sample(draw: st.DrawFn) -> dict[str, Any]:
+    """Q at n dataset actions of one state (ties possible), an expectile, a side and a fraction of the gap."""
+    n = draw(st.integers(1, 6))
+    q = draw(_values(n, 10.0))
+    if n > 1 and draw(st.booleans()):
+        q[-1] = q[0]
+    return {"q": q, "tau": draw(_tau()), "side": draw(st.sampled_from([-1, 1])), "frac": draw(finite(0.5, 1.0))}
+
+
+def _expectile(q: list[Fraction], tau: Fraction) -> Fraction:
+    """The tau-expectile of the sample q, exactly: the root of sum_i |tau - 1(q_i < m)| (q_i - m)."""
+    qs = sorted(q)
+    n = len(qs)
+    for j in range(n + 1):  # j samples below m, weight 1 - tau; the others weight tau
+        m = ((1 - tau) * sum(qs[:j], Fraction(0)) + tau * sum(qs[j:], Fraction(0))) / ((1 - tau) * j + tau * (n - j))
+        if (j == 0 or qs[j - 1] <= m) and (j == n or m <= qs[j]):
+            return m
+    raise AssertionError("no piece holds its stationary point")  # impossible: L is convex and C^1
+
+
+def _mean_loss(q: list[Fraction], tau: Fraction, m: Fraction) -> Fraction:
+    return sum((((1 - tau) if qi < m else tau) * (qi - m) * (qi - m) for qi in q), Fraction(0)) / len(q)
+
+
+@clause("edp.expectile_loss", "expectile_minimiser")
+@given(c=_sample())
+def test_expectile_loss_expectile_minimiser(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    q = round_to(impl.dtype, c["q"])
+    tau = float(round_to(impl.dtype, c["tau"]))
+    Q, T = [Fraction(float(x)) for x in q], Fraction(tau)
+    n = len(Q)
+    m_star = _expectile(Q, T)
+    above, below = [x for x in Q if x > m_star], [x for x in Q if x < m_star]
+    # The quadratic piece on the drawn side ends at the nearest sample there (none: 1 + |m*| away).
+    if c["side"] > 0:
+        gap = min(above) - m_star if above else 1 + abs(m_star)
+    else:
+        gap = m_star - max(below) if below else 1 + abs(m_star)
+    m1 = float(round_to(impl.dtype, float(m_star + c["side"] * Fraction(c["frac"]) * gap)))
+    m0 = float(round_to(impl.dtype, float(m_star)))
+
+    def weight(m: float) -> Fraction:
+        """W on m's side of m*: the summed weights of the samples for a v strictly between m* and m."""
+        if m >= m_star:
+            return sum((((1 - T) if x <= m_star else T) for x in Q), Fraction(0))
+        return sum((((1 - T) if x < m_star else T) for x in Q), Fraction(0))
+
+    def rise(m: float) -> Fraction:
+        """L(m) - L(m*) = W (m - m*)^2 / n on the quadratic piece around m*."""
+        return weight(m) * (Fraction(m) - m_star) * (Fraction(m) - m_star) / n
+
+    increase = rise(m1) - rise(m0)
+    fn = need(impl, clause_id)
+    rows1, rows0 = _rows(fn(q, np.full(n, m1), tau), n, clause_id), _rows(fn(q, np.full(n, m0), tau), n, clause_id)
+    got = float((sum(map(Fraction, rows1.tolist()), Fraction(0)) - sum(map(Fraction, rows0.tolist()), Fraction(0))) / n)
+    want = float(increase)
+    mag = float(_mean_loss(Q, T, Fraction(m0)) + _mean_loss(Q, T, Fraction(m1)))
+    allowed = float(spec.clause(clause_id).tolerance.atol(impl.dtype, expected=want, mag=mag))
+    observable(want > 2 * allowed, "not observable: the increase of the mean loss is within the rule of 0 "
+                                   f"in {impl.dtype}")
+    what = f"L(m1) - L(m0) = (W(m1) (m1 - m*)^2 - W(m0) (m0 - m*)^2) / n around the expectile m* = {float(m_star)!r}"
+    assert_close(clause_id, got, want, dtype=impl.dtype, what=what, mag=mag,
+                 inputs={"q": q, "tau": tau, "m0": m0, "m1": m1})
+    assert_that(got > 0, clause_id, f"the mean loss at m1 = {m1!r} is not above its value at the expectile "
+                                    f"m* = {float(m_star)!r}: increase {got!r} (q = {q}, tau = {tau})")
+
+
+@clause("edp.expectile_loss", "monotone_in_tau")
+@given(c=_residuals(), taus=st.lists(_tau(), min_size=2, max_size=5))
+def test_expectile_loss_monotone_in_tau(impl: Any, clause_id: str, c: dict[str, Any], taus: list[float]) -> None:
+    q, v, _ = _qv_tau(impl, c)
+    ts = sorted({float(round_to(impl.dtype, t)) for t in taus})
+    fn = need(impl, clause_id)
+    loss = np.stack([_rows(fn(q, v, t), q.size, clause_id) for t in ts])  # (len(ts), B)
+    step = np.diff(loss, axis=0)
+    up, down, tie = q > v, q < v, q == v
+    assert_that(bool(np.all(step[:, up] >= 0)), clause_id,
+                f"loss decreases with tau where Q > V: tau = {ts}, Q - V = {q[up] - v[up]}, loss = {loss[:, up]}")
+    assert_that(bool(np.all(step[:, down] <= 0)), clause_id,
+                f"loss increases with tau where Q < V: tau = {ts}, Q - V = {q[down] - v[down]}, loss = {loss[:, down]}")
+    assert_that(bool(np.all(loss[:, tie] == 0)), clause_id, f"loss not 0 where Q = V: {loss[:, tie]}")
+
+
+@clause("edp.expectile_loss", "matches_reference")
+@given(c=_residuals())
+def test_expectile_loss_matches_reference(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    q, v, tau = _qv_tau(impl, c)
+    assert_close(clause_id, need(impl, clause_id)(q, v, tau), ref.expectile_loss(q, v, tau), dtype=impl.dtype,
+                 mag=0.0, inputs={"u": q - v, "tau": tau})
+
+
+_BAD_EXPECTILE: list[tuple[Any, ...]] = [
+    (_Q2, _Q2, 0.0), (_Q2, _Q2, 1.0), (_Q2, _Q2, -0.3), (_Q2, _Q2, 1.5), (_Q2, _Q2, np.nan),
+    (np.array([np.nan, 1.0]), _Q2, 0.7), (_Q2, np.array([0.0, np.inf]), 0.7), (_Q2, np.ones(3), 0.7),
+    (np.ones((2, 2)), np.ones((2, 2)), 0.7), (np.zeros(0), np.zeros(0), 0.7),
+]
+
+
+@clause("edp.expectile_loss", "rejects_out_of_domain")
+@given(i=st.sampled_from(range(len(_BAD_EXPECTILE))))
+def test_expectile_loss_rejects_out_of_domain(impl: Any, clause_id: str, i: int) -> None:
+    assert_raises_domain(need(impl, clause_id), clause_id, *_BAD_EXPECTILE[i])
+
+
+# ---- edp.iql_q_target -------------------------------------------------------------------
+
+
+@st.composite
+def _target_case(draw: st.DrawFn) -> dict[str, Any]:
+    B = draw(st.integers(1, 6))
+    return {"r": draw(_values(B, 10.0)), "done": np.asarray(draw(hnp.arrays(np.bool_, (B,))), dtype=np.float64),
+            "v": draw(_values(B, 50.0)), "gamma": draw(finite(0.0, 0.99))}
+
+
+def _target_rounded(impl: Any, c: dict[str, Any]) -> tuple[F, F, F, float]:
+    r, v = round_to(impl.dtype, c["r"]), round_to(impl.dtype, c["v"])
+    return r, c["done"], v, float(round_to(impl.dtype, c["gamma"]))
+
+
+def _target_mag(r: F, done: F, v: F, gamma: float) -> F:
+    """|r| + gamma (1 - d) |V(s')|: the bootstrap of a terminal row is exactly 0."""
+    return np.asarray(np.abs(r) + gamma * (1.0 - done) * np.abs(v))
+
+
+_NO_MDP: dict[str, Any] = {"n": 0, "kappa": 0.0, "qmax": 0.0}
+
+
+@clause("edp.iql_q_target", "done_masks_bootstrap")
+@given(c=_target_case())
+def test_iql_q_target_done_masks_bootstrap(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    r, done, v, gamma = _target_rounded(impl, c)
+    big_v = round_to(impl.dtype, 1e3 * v)  # large values: a bootstrap through done would dwarf r (not a tolerance)
+    y = need(impl, clause_id)(r, done, big_v, gamma)
+    assert_close(clause_id, y, np.where(done == 1, r, r + gamma * big_v), dtype=impl.dtype,
+                 what="y = r where done, r + gamma V(s') elsewhere", mag=_target_mag(r, done, big_v, gamma), **_NO_MDP,
+                 inputs={"done": done, "gamma": gamma, "v_next": big_v})
+
+
+@st.composite
+def _mdp(draw: st.DrawFn) -> dict[str, Any]:
+    """A finite MDP: P(s' | s, a) over n = S A rows, terminal flags d(s, a, s'), rewards, a policy pi > 0, gamma."""
+    S, A = draw(st.integers(2, 3)), draw(st.integers(1, 3))
+    return {"S": S, "A": A, "P": _simplex(draw, (S * A, S)),
+            "d": np.asarray(draw(hnp.arrays(np.bool_, (S * A, S))), dtype=np.float64),
+            "pi": _simplex(draw, (S, A), lo=0.05), "r": draw(_values(S * A, 1.0)), "gamma": draw(finite(0.0, 0.95))}
+
+
+@clause("edp.iql_q_target", "fixed_point")
+@given(mdp=_mdp())
+def test_iql_q_target_fixed_point(impl: Any, clause_id: str, mdp: dict[str, Any]) -> None:
+    S, A, P, d, pi = mdp["S"], mdp["A"], mdp["P"], mdp["d"], mdp["pi"]
+    n = S * A
+    gamma, r = float(round_to(impl.dtype, mdp["gamma"])), round_to(impl.dtype, mdp["r"])
+    # Policy evaluation, exactly: T[(s,a),(s',a')] = P(s'|s,a) (1 - d(s,a,s')) pi(a'|s'); Q = r + gamma T Q.
+    T = ((P * (1 - d))[:, :, None] * pi[None, :, :]).reshape(n, n)
+    M = np.eye(n) - gamma * T
+    Q = np.linalg.solve(M, r)
+    V = np.sum(pi * Q.reshape(S, A), axis=1)  # V(s') = sum_a' pi(a'|s') Q(s', a')
+    sa, sp = np.repeat(np.arange(n), S), np.tile(np.arange(S), n)  # every (s, a, s')
+    v_next = round_to(impl.dtype, V[sp])
+    y = _f64(need(impl, clause_id)(r[sa], d[sa, sp], v_next, gamma))
+    assert_that(y.shape == sa.shape, clause_id, f"y has shape {y.shape} for {sa.size} transitions, expected {sa.shape}")
+    got = np.bincount(sa, weights=P[sa, sp] * y, minlength=n)  # E_{s' ~ P(.|s,a)}[y]
+    assert_close(clause_id, got, Q, dtype=impl.dtype, what="E_{s'}[r + gamma (1 - d) V(s')] = Q^pi (fixed point)",
+                 mag=float(np.abs(r).max() + gamma * np.abs(V).max()), n=n, kappa=float(np.linalg.cond(M, np.inf)),
+                 qmax=float(np.abs(Q).max()), inputs={"gamma": gamma})
+
+
+#: A live bootstrap and a terminal row with a nonzero reward, values exact in every dtype: always among the examples.
+_IQL_TARGET: dict[str, Any] = {"r": np.array([0.5, -1.0, 2.0]), "done": np.array([0.0, 1.0, 0.0]),
+                               "v": np.array([3.0, -4.0, -1.5]), "gamma": 0.875}
+
+
+@clause("edp.iql_q_target", "matches_reference")
+@given(c=_target_case())
+@example(c=_IQL_TARGET)
+def test_iql_q_target_matches_reference(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    r, done, v, gamma = _target_rounded(impl, c)
+    assert_close(clause_id, need(impl, clause_id)(r, done, v, gamma), ref.iql_q_target(r, done, v, gamma),
+                 dtype=impl.dtype, mag=_target_mag(r, done, v, gamma), **_NO_MDP, inputs={"done": done})
+
+
+_Z2 = np.zeros(2)
+_BAD_TARGET: list[tuple[Any, ...]] = [
+    (_Z2, _Z2, _Z2, 1.0), (_Z2, _Z2, _Z2, -0.1), (_Z2, _Z2, _Z2, np.nan),  # gamma outside [0, 1)
+    (_Z2, np.array([0.0, 0.5]), _Z2, 0.9),                                  # done not in {0, 1}
+    (np.array([0.0, np.nan]), _Z2, _Z2, 0.9), (_Z2, _Z2, np.array([np.inf, 0.0]), 0.9),
+    (_Z2, _Z2, np.zeros(3), 0.9), (_Z2, np.zeros(3), _Z2, 0.9),             # wrong lengths
+    (np.zeros((2, 1)), _Z2, _Z2, 0.9), (_Z2, _Z2, np.zeros((2, 1)), 0.9),   # a (B, 1) column
+]
+
+
+@clause("edp.iql_q_target", "rejects_out_of_domain")
+@given(i=st.sampled_from(range(len(_BAD_TARGET))))
+def test_iql_q_target_rejects_out_of_domain(impl: Any, clause_id: str, i: int) -> None:
+    assert_raises_domain(need(impl, clause_id), clause_id, *_BAD_TARGET[i])

@@ -3,7 +3,9 @@
 Kang, Ma, Du, Pang and Yan, NeurIPS 2023. The one-step action approximation a0_hat is the DDPM
 x_0 reconstruction (no sampling chain), and log pi_theta(a | s) is replaced by the DDPM ELBO, a
 weighted noise-prediction error, so that the weighted-regression objective E[f(Q) log pi] of
-AWR, CRR and IQL applies. Built on ``ddpm`` and the eps-matching half of ``diffusion_ql``.
+AWR, CRR and IQL applies. Built on ``ddpm`` and the eps-matching half of ``diffusion_ql``. The
+critics are IQL's on locomotion (Kostrikov, Nair and Levine, ICLR 2022): an expectile value loss
+and the TD target r + gamma (1 - d) V(s'), with the target critics and V(s') held constant.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import torch
 from torch import Tensor
 
 from . import ddpm
-from ._checks import batch, finite, require, require_values, same_shape, unchecked
+from ._checks import batch, finite, require, require_values, same_shape, scalar, unchecked
 from .diffusion_ql import StateEpsFn, noise_prediction, positive
 from .schedule import Schedule
+from .spectral import discount, vector
 
 #: Weight functions f of the advantage A = Q - V and their default clip w_max.
 KINDS: dict[str, float] = {"awr": 20.0, "crr_exp": 20.0, "crr_binary": 1.0, "iql": 100.0}
@@ -92,4 +95,41 @@ def policy_objective(a: Tensor, s: Tensor, eps_fn: StateEpsFn, sched: Schedule, 
     return -f.detach() * _weighted_elbo(a, s, eps_fn, sched, k, eps, cid)
 
 
-__all__ = ["KINDS", "action_approx", "weighted_elbo", "weights", "policy_objective"]
+def expectile_loss(q: Tensor, v: Tensor, tau: float) -> Tensor:
+    """Clause ``edp.expectile_loss``: |tau - 1(u < 0)| u^2 per row, u = Q(s, a) - V(s); IQL's value loss.
+
+    q (B,) is the target critics' minimum at the dataset actions and is detached (the gradient
+    reaches v only); the value network's loss is the batch mean.
+    """
+    cid = "edp.expectile_loss"
+    require(q.ndim == 1 and q.numel() >= 1, cid, f"q must have shape (B,) with B >= 1, got {tuple(q.shape)}")
+    same_shape(cid, q=q, v=v)
+    finite(q, cid, "q")
+    finite(v, cid, "v")
+    t = scalar(tau, cid, "tau", 0.0, 1.0)  # both bounds given: _checks.scalar formats both in its messages
+    require(0.0 < t < 1.0, cid, f"tau must lie in (0, 1), got {t!r}")
+    u = q.detach() - v
+    sq = u * u
+    # Python-float weights keep the tensor's dtype (a torch.where of two scalars would be float32).
+    return torch.where(u < 0, (1.0 - t) * sq, t * sq)
+
+
+def iql_q_target(r: Tensor, done: Tensor, v_next: Tensor, gamma: float) -> Tensor:
+    """Clause ``edp.iql_q_target``: y = r + gamma (1 - d) V(s'), IQL's target (no maximum over next actions).
+
+    done (B,) of 0/1 (float or bool); v_next (B,) the value network at s', detached: y is a
+    constant of the critics' loss (diffsr.critic_loss).
+    """
+    cid = "edp.iql_q_target"
+    require(r.ndim == 1 and r.numel() >= 1, cid, f"r must have shape (B,) with B >= 1, got {tuple(r.shape)}")
+    B = r.shape[0]
+    vector(r, B, cid, "r")
+    vector(v_next, B, cid, "v_next")
+    require(tuple(done.shape) == (B,), cid, f"done must have shape ({B},), got {tuple(done.shape)}")
+    d = done.to(r.dtype)
+    require_values((d == 0) | (d == 1), cid, "done must be 0 or 1")
+    g = discount(gamma, cid)
+    return r + g * (1.0 - d) * v_next.detach()
+
+
+__all__ = ["KINDS", "action_approx", "weighted_elbo", "weights", "policy_objective", "expectile_loss", "iql_q_target"]

@@ -5,6 +5,8 @@ and usable by likelihood-based offline RL: the one-step action approximation a0_
 x0 reconstruction of DDPM, no sampling chain), and the replacement of the intractable
 log pi_theta(a | s) by the DDPM ELBO, a weighted noise-prediction error. The weighted objective
 E[f(Q) log pi] then covers AWR, CRR and IQL through the weight f. Built on the ``ddpm`` clauses.
+On locomotion EDP trains its critics with IQL (Kostrikov, Nair and Levine, ICLR 2022): the
+expectile value loss and the TD target r + gamma (1 - d) V(s').
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from numpy.typing import ArrayLike
 
 from . import ddpm
 from ._checks import Array, DomainError, as_batch, as_f64, require, same_shape
+from .diffsr import _gamma, _vector
 from .diffusion_ql import StateEpsFn, _noise_prediction, _schedule
 
 #: Weight functions f of the advantage A = Q - V and their default clip w_max.
@@ -78,3 +81,29 @@ def policy_objective(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: Arra
     except DomainError as exc:
         raise DomainError(cid, str(exc)) from None
     return np.asarray(-ff * elbo, dtype=np.float64)
+
+
+def expectile_loss(q: ArrayLike, v: ArrayLike, tau: float) -> Array:
+    """Clause ``edp.expectile_loss``: |tau - 1(u < 0)| u^2 per row, u = Q(s, a) - V(s) (IQL's value loss)."""
+    cid = "edp.expectile_loss"
+    qq = as_f64(q, cid, "q")
+    vv = as_f64(v, cid, "v")
+    require(qq.ndim == 1 and qq.size >= 1, cid, f"q must have shape (B,) with B >= 1, got {qq.shape}")
+    same_shape(cid, q=qq, v=vv)
+    t = as_f64(tau, cid, "tau")
+    require(t.ndim == 0 and 0.0 < float(t) < 1.0, cid, f"tau must be a scalar in (0, 1), got {tau!r}")
+    u = qq - vv
+    return np.asarray(np.where(u < 0, 1.0 - float(t), float(t)) * u**2, dtype=np.float64)
+
+
+def iql_q_target(r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> Array:
+    """Clause ``edp.iql_q_target``: y = r + gamma (1 - done) V(s') (IQL: no maximum over next actions)."""
+    cid = "edp.iql_q_target"
+    rr = as_f64(r, cid, "r")
+    require(rr.ndim == 1 and rr.size >= 1, cid, f"r must have shape (B,) with B >= 1, got {rr.shape}")
+    B = rr.shape[0]
+    d = _vector(done, B, cid, "done")
+    require(bool(np.all((d == 0) | (d == 1))), cid, "done must be 0 or 1")
+    vn = _vector(v_next, B, cid, "v_next")
+    g = _gamma(gamma, cid)
+    return np.asarray(rr + g * (1.0 - d) * vn, dtype=np.float64)

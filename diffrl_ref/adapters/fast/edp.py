@@ -33,3 +33,13 @@ def policy_objective(b: Bridge, a: ArrayLike, s: ArrayLike, eps_fn: Any, betas: 
     cid = "edp.policy_objective"
     return b.out(F.policy_objective(b.x(a, cid, "a"), b.x(s, cid, "s"), b.net(eps_fn, cid, "eps_fn"),
                                     b.sched(betas, cid), b.k(k, cid), b.x(eps, cid, "eps"), b.x(f, cid, "f")))
+
+
+def expectile_loss(b: Bridge, q: ArrayLike, v: ArrayLike, tau: float) -> Any:
+    cid = "edp.expectile_loss"
+    return b.out(F.expectile_loss(b.x(q, cid, "q"), b.x(v, cid, "v"), tau))
+
+
+def iql_q_target(b: Bridge, r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> Any:
+    cid = "edp.iql_q_target"
+    return b.out(F.iql_q_target(b.x(r, cid, "r"), b.x(done, cid, "done"), b.x(v_next, cid, "v_next"), gamma))

@@ -188,6 +188,62 @@ def _objective_unchecked(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: 
     return -np.asarray(f, dtype=np.float64) * _elbo_unchecked(a, s, eps_fn, betas, k, eps)
 
 
+
+# ---- expectile_loss -------------------------------------------------------------------
+
+
+def _residual(q: ArrayLike, v: ArrayLike) -> F:
+    return np.asarray(q, dtype=np.float64) - np.asarray(v, dtype=np.float64)
+
+
+def _expectile_weights_swapped(q: ArrayLike, v: ArrayLike, tau: float) -> F:
+    ref.expectile_loss(q, v, tau)
+    u = _residual(q, v)
+    return np.where(u < 0, tau, 1.0 - tau) * u**2  # tau on V above Q: fits the lower (1 - tau)-expectile
+
+
+def _expectile_abs_residual(q: ArrayLike, v: ArrayLike, tau: float) -> F:
+    ref.expectile_loss(q, v, tau)
+    u = _residual(q, v)
+    return np.where(u < 0, 1.0 - tau, tau) * np.abs(u)  # the quantile (pinball) loss: fits the tau-quantile
+
+
+def _expectile_weight_squared(q: ArrayLike, v: ArrayLike, tau: float) -> F:
+    ref.expectile_loss(q, v, tau)
+    u = _residual(q, v)
+    return (np.where(u < 0, 1.0 - tau, tau) * u) ** 2  # (weight * diff)**2: weights tau^2 and (1 - tau)^2
+
+
+def _expectile_unchecked(q: ArrayLike, v: ArrayLike, tau: float) -> Any:
+    with np.errstate(all="ignore"):
+        u = np.asarray(q, dtype=np.float64) - np.asarray(v, dtype=np.float64)
+        return np.where(u < 0, 1.0 - float(tau), float(tau)) * u**2
+
+
+# ---- iql_q_target ---------------------------------------------------------------------
+
+
+def _target_done_ignored(r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> F:
+    ref.iql_q_target(r, done, v_next, gamma)
+    return ref.iql_q_target(r, np.zeros(np.shape(done)), v_next, gamma)  # bootstraps through terminal states
+
+
+def _target_done_inverted(r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> F:
+    ref.iql_q_target(r, done, v_next, gamma)
+    return ref.iql_q_target(r, 1.0 - np.asarray(done, dtype=np.float64), v_next, gamma)  # d where 1 - d belongs
+
+
+def _target_reward_masked(r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> F:
+    y = ref.iql_q_target(r, done, v_next, gamma)
+    return np.asarray((1.0 - np.asarray(done, dtype=np.float64)) * y)  # (1 - d)(r + gamma V): terminal reward lost
+
+
+def _target_unchecked(r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> Any:
+    with np.errstate(all="ignore"):
+        rr, d, vn = (np.asarray(x, dtype=np.float64) for x in (r, done, v_next))
+        return rr + float(gamma) * (1.0 - d) * vn
+
+
 MUTANTS = [
     Mutant("edp_a0_missing_sqrt", "edp.action_approx",
            ("exact_for_true_noise", "tweedie", "ddim_jump_to_zero", "matches_reference"),
@@ -244,4 +300,33 @@ MUTANTS = [
            {"edp.policy_objective": _objective_plus_bc}),
     Mutant("edp_objective_no_domain_check", "edp.policy_objective", ("rejects_out_of_domain",),
            "negative or NaN weights accepted", {"edp.policy_objective": _objective_unchecked}),
+    Mutant("edp_expectile_weights_swapped", "edp.expectile_loss",
+           ("asymmetric_square", "expectile_minimiser", "monotone_in_tau", "matches_reference"),
+           "weight tau where Q < V and 1 - tau where Q > V: V fits the lower (1 - tau)-expectile",
+           {"edp.expectile_loss": _expectile_weights_swapped}),
+    Mutant("edp_expectile_abs_residual", "edp.expectile_loss",
+           ("asymmetric_square", "expectile_minimiser", "matches_reference"),
+           "|tau - 1(u < 0)| |u|: the quantile (pinball) loss in place of the expectile's square",
+           {"edp.expectile_loss": _expectile_abs_residual}),
+    Mutant("edp_expectile_weight_squared", "edp.expectile_loss",
+           ("asymmetric_square", "expectile_minimiser", "matches_reference"),
+           "(weight * u)^2: the weights squared to tau^2 and (1 - tau)^2, another expectile",
+           {"edp.expectile_loss": _expectile_weight_squared}),
+    Mutant("edp_expectile_no_domain_check", "edp.expectile_loss", ("rejects_out_of_domain",),
+           "no validation of tau, shapes or NaN", {"edp.expectile_loss": _expectile_unchecked}),
+    Mutant("edp_iql_target_done_ignored", "edp.iql_q_target",
+           ("done_masks_bootstrap", "fixed_point", "matches_reference"),
+           "terminal flag ignored: y = r + gamma V(s') through the end of episodes",
+           {"edp.iql_q_target": _target_done_ignored}),
+    Mutant("edp_iql_target_done_inverted", "edp.iql_q_target",
+           ("done_masks_bootstrap", "fixed_point", "matches_reference"),
+           "mask inverted: gamma d V(s') bootstraps only at terminal states",
+           {"edp.iql_q_target": _target_done_inverted}),
+    Mutant("edp_iql_target_terminal_reward_dropped", "edp.iql_q_target",
+           ("done_masks_bootstrap", "fixed_point", "matches_reference"),
+           "(1 - d)(r + gamma V(s')): the mask applied to the reward too, terminal rewards lost",
+           {"edp.iql_q_target": _target_reward_masked}),
+    Mutant("edp_iql_target_no_domain_check", "edp.iql_q_target", ("rejects_out_of_domain",),
+           "no validation: gamma = 1, done = 0.5, NaN and mismatched shapes pass",
+           {"edp.iql_q_target": _target_unchecked}),
 ]

@@ -522,6 +522,42 @@ def _policy_objective_sign(a: ArrayLike, s: ArrayLike, eps_fn: Any, betas: Array
     return BR.out(-j)
 
 
+
+def _expectile_loss_no_abs(q: ArrayLike, v: ArrayLike, tau: float) -> Any:
+    """(tau - (u < 0).float()) * u**2: the absolute value of |tau - 1(u < 0)| left out (negative where Q < V)."""
+    cid = "edp.expectile_loss"
+    qq, vv = BR.x(q, cid, "q"), BR.x(v, cid, "v")
+    f_edp.expectile_loss(qq, vv, tau)  # validates
+    u = qq - vv
+    return BR.out((float(tau) - (u < 0).to(u.dtype)) * u**2)
+
+
+def _expectile_loss_weight_squared(q: ArrayLike, v: ArrayLike, tau: float) -> Any:
+    """(weight * diff) ** 2: the weight inside the square, so tau^2 and (1 - tau)^2 weigh the residuals."""
+    cid = "edp.expectile_loss"
+    qq, vv = BR.x(q, cid, "q"), BR.x(v, cid, "v")
+    f_edp.expectile_loss(qq, vv, tau)  # validates
+    u = qq - vv
+    w = torch.where(u < 0, torch.full_like(u, 1.0 - float(tau)), torch.full_like(u, float(tau)))
+    return BR.out((w * u) ** 2)
+
+
+def _iql_q_target_value_column(r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> Any:
+    """V(s') kept as the value network's (B, 1) output: r + gamma (1 - d) V broadcasts to a (B, B) matrix."""
+    cid = "edp.iql_q_target"
+    rr, dd_, vn = BR.x(r, cid, "r"), BR.x(done, cid, "done"), BR.x(v_next, cid, "v_next")
+    f_edp.iql_q_target(rr, dd_, vn, gamma)  # validates
+    return BR.out(rr + float(gamma) * (1.0 - dd_) * vn.unsqueeze(-1))
+
+
+def _iql_q_target_no_done(r: ArrayLike, done: ArrayLike, v_next: ArrayLike, gamma: float) -> Any:
+    """done validated, then never applied: the bootstrap runs through terminal states."""
+    cid = "edp.iql_q_target"
+    rr, dd_, vn = BR.x(r, cid, "r"), BR.x(done, cid, "done"), BR.x(v_next, cid, "v_next")
+    f_edp.iql_q_target(rr, dd_, vn, gamma)  # validates
+    return BR.out(rr + float(gamma) * vn)
+
+
 # ---- diffusion_ql -------------------------------------------------------------------------------
 
 
@@ -1252,6 +1288,21 @@ MUTANTS = [
            ("composition", "candidate_ranking", "matches_reference"),
            "J = f * weighted_elbo: the minus sign of log pi ~ -ELBO loss dropped",
            {"edp.policy_objective": _policy_objective_sign}, target="fast"),
+    Mutant("fast_edp_expectile_loss_no_abs", "edp.expectile_loss",
+           ("asymmetric_square", "expectile_minimiser", "monotone_in_tau", "matches_reference"),
+           "(tau - 1(u < 0)) u^2 without the absolute value: negative loss where Q < V",
+           {"edp.expectile_loss": _expectile_loss_no_abs}, target="fast"),
+    Mutant("fast_edp_expectile_loss_weight_squared", "edp.expectile_loss",
+           ("asymmetric_square", "expectile_minimiser", "matches_reference"),
+           "(weight * diff) ** 2 where weight * diff ** 2 is meant",
+           {"edp.expectile_loss": _expectile_loss_weight_squared}, target="fast"),
+    Mutant("fast_edp_iql_q_target_value_column", "edp.iql_q_target",
+           ("done_masks_bootstrap", "fixed_point", "matches_reference"),
+           "the value network's (B, 1) output not squeezed: r + gamma (1 - d) V broadcasts to (B, B)",
+           {"edp.iql_q_target": _iql_q_target_value_column}, target="fast"),
+    Mutant("fast_edp_iql_q_target_no_done", "edp.iql_q_target",
+           ("done_masks_bootstrap", "fixed_point", "matches_reference"),
+           "the bootstrap never masked by done", {"edp.iql_q_target": _iql_q_target_no_done}, target="fast"),
     # diffusion_ql
     Mutant("fast_dql_bc_loss_mean", "diffusion_ql.bc_loss",
            ("true_noise_residual", "matches_reference"),
