@@ -96,7 +96,7 @@ def policy_objective(a: Tensor, s: Tensor, eps_fn: StateEpsFn, sched: Schedule, 
 
 
 def expectile_loss(q: Tensor, v: Tensor, tau: float) -> Tensor:
-    """Clause ``edp.expectile_loss``: |tau - 1(u < 0)| u^2 per row, u = Q(s, a) - V(s); IQL's value loss.
+    """Clause ``edp.expectile_loss``: ``|tau - 1(u < 0)| u^2`` per row, u = Q(s, a) - V(s); IQL's value loss.
 
     q (B,) is the target critics' minimum at the dataset actions and is detached (the gradient
     reaches v only); the value network's loss is the batch mean.

@@ -84,7 +84,7 @@ def policy_objective(a: ArrayLike, s: ArrayLike, eps_fn: StateEpsFn, betas: Arra
 
 
 def expectile_loss(q: ArrayLike, v: ArrayLike, tau: float) -> Array:
-    """Clause ``edp.expectile_loss``: |tau - 1(u < 0)| u^2 per row, u = Q(s, a) - V(s) (IQL's value loss)."""
+    """Clause ``edp.expectile_loss``: ``|tau - 1(u < 0)| u^2`` per row, u = Q(s, a) - V(s) (IQL's value loss)."""
     cid = "edp.expectile_loss"
     qq = as_f64(q, cid, "q")
     vv = as_f64(v, cid, "v")
