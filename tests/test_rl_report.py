@@ -240,7 +240,7 @@ def test_sweep_variants_are_separate_groups(tmp_path: Path) -> None:
             run.rename(dst)
             paths.append(dst)
     out = tmp_path / "out"
-    report.main(paths[::-1], out, [5000])  # the default group first whatever the order given
+    report.main(paths[::-1], out, [5000])  # the default group first, variants by label, whatever the order given
     rows = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in rows] == ["Diff-SR (ours)", "Diff-SR (ours): target-every-1"]
     assert "hp" not in rows[0] and rows[1]["hp"] == {"target_every": "1"}

@@ -141,20 +141,19 @@ def load_run(path: Path) -> Run:
 
 
 def group(runs: list[Run]) -> dict[Group, list[Run]]:
-    """Runs by (env, algo, variant); envs sorted, algorithms in loop.ALGOS order, defaults first, seeds ascending."""
+    """Runs by (env, algo, variant); envs sorted, algorithms in loop.ALGOS order, the defaults first and then
+    the variants by label, seeds ascending: the same table whatever order the folders are given in."""
     out: dict[Group, list[Run]] = {}
-    first: dict[Group, int] = {}
-    for i, run in enumerate(runs):
+    for run in runs:
         key = (run.env, run.algo, run.variant)
-        first.setdefault(key, i)
         members = out.setdefault(key, [])
         twin = next((m for m in members if m.seed == run.seed), None)
         if twin is not None:
             what = run.algo + (f" ({run.variant})" if run.variant else "")
             raise ReportError(f"{twin.path} and {run.path} are both {what} on {run.env} with seed {run.seed}")
         members.append(run)
-    # variants in the order their runs were given (a sweep's grid order)
-    keys = sorted(out, key=lambda k: (k[0], ALGO_ORDER.get(k[1], len(ALGO_ORDER)), k[1], k[2] != "", first[k]))
+    keys = sorted(out, key=lambda k: (k[0], ALGO_ORDER.get(k[1], len(ALGO_ORDER)), k[1], k[2] != "",
+                                      label(out[k][0]), k[2]))
     return {k: sorted(out[k], key=lambda r: r.seed) for k in keys}
 
 

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Regenerates this batch's table, plot and archive from the sweep folder (or from the archive copied back),
-# the groups in the grid's order. Usage: bash docs/rl/2026-12-06-ablation/plot.sh [SWEEP_DIR]
+# Regenerates this batch's table, plot and archive from the sweep folder (or from the archive copied back);
+# diffrl plot orders the groups by name whatever the order given. Usage: bash docs/rl/2026-12-06-ablation/plot.sh [SWEEP_DIR]
 set -euo pipefail
 SWEEP=${1:-runs/ablation}
 NAMES="default amplitude-1 elu-orthogonal alpha-init-1 target-every-1 official-noise weighting-none bandwidth-8 bandwidth-32 feature-steps-4 official linear-head"
