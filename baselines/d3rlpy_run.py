@@ -47,8 +47,6 @@ and exits 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import dataclasses
 import fcntl
 import importlib.metadata
@@ -62,20 +60,21 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout: diffrl_ref.rl.envs is imported from here
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: diffrl_ref.rl.{envs,logs,datasets} come from here
+sys.path.insert(0, str(ROOT))
+# the run-folder format and the Minari root handling are the project's own (no copies here); these modules
+# import nothing that the d3rlpy environment lacks
+from diffrl_ref.rl.datasets import minari_root  # noqa: E402
+from diffrl_ref.rl.logs import EPISODE_COLUMNS, EVAL_COLUMNS, FORMAT, TRAIN_COLUMNS, CsvLog, atomic_write  # noqa: E402
+
 ALGOS = ("bc", "td3bc", "iql", "cql")
-FORMAT = 1
 CHECKPOINT_FORMAT = 1
 # the run-folder format of diffrl_ref/rl/loop.py (tests/test_baselines.py checks these equal loop's)
-EVAL_COLUMNS = ["step", "return_mean", "return_std", "length_mean", "success_rate", "train_seconds"]
-TRAIN_COLUMNS = ["step", "steps_per_s", "critic_loss", "actor_loss", "alpha", "rep_loss"]
-EPISODE_COLUMNS = ["step", "episode", "return", "length", "success"]
 #: d3rlpy's loss names -> train.csv columns (the others are in d3rlpy_losses.csv only)
 LOSS_COLUMNS = {"critic_loss": "critic_loss", "actor_loss": "actor_loss", "loss": "actor_loss"}
 
@@ -251,19 +250,6 @@ class Data:
     ref_max_score: float | None
 
 
-@contextlib.contextmanager
-def minari_root(root: Path) -> Any:
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["MINARI_DATASETS_PATH"]
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
-
-
 def load_data(dataset_id: str, root: Path) -> Data:
     """The dataset's episodes as MDPDataset arrays (one row per step, each episode's last row ends it)."""
     import minari
@@ -315,47 +301,6 @@ def mdp_dataset(data: Data) -> Any:
 
 
 # ---- files -------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp), fsync, rename over ``path`` (as loop.atomic_write)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-class CsvLog:
-    """Append-only CSV flushed per row; on resume the rows after the checkpoint's step are dropped (as loop.CsvLog)."""
-
-    def __init__(self, path: Path, columns: list[str], keep_until: int | None) -> None:
-        rows: list[dict[str, str]] = []
-        if keep_until is not None and path.exists():
-            with open(path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    try:
-                        if int(row["step"]) <= keep_until and None not in row.values():
-                            rows.append(row)
-                    except (TypeError, ValueError):
-                        continue
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, columns, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-
-        atomic_write(path, write)
-        self.fh = open(path, "a", newline="")  # noqa: SIM115 - closed by close()
-        self.writer = csv.DictWriter(self.fh, columns, extrasaction="ignore")
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 def versions() -> dict[str, str]:
@@ -415,7 +360,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
     from diffrl_ref.rl import envs
 
     overrides = parse_hp(args.algo, args.hp)

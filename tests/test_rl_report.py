@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from diffrl_ref import cli
-from diffrl_ref.rl import loop, report
+from diffrl_ref.rl import logs, report
 
 pytest.importorskip("matplotlib")
 
@@ -36,12 +36,12 @@ def fake_run(root: Path, algo: str, env: str, seed: int, values: list[float], *,
     ident = {"format": 1, "algo": algo, "env": env, "seed": seed, "eval_every": 5000, "eval_episodes": 2, "hp": {}}
     (path / "config.json").write_text(json.dumps({"identity": ident, "resolved": {}, "torch": "x"}))
     metaworld = env.endswith("-v3")
-    write_csv(path / "eval.csv", loop.EVAL_COLUMNS, [
+    write_csv(path / "eval.csv", logs.EVAL_COLUMNS, [
         {"step": 5000 * i, "return_mean": 10 * v if metaworld else v, "return_std": 1.0, "length_mean": 100,
          "success_rate": v if metaworld else 0.0, "train_seconds": 2.0 * i} for i, v in enumerate(values)])
     # learning starts at step 2000: rows before it have empty loss cells and must not count for throughput
     speeds = steps_per_s or [500.0, 400.0]
-    write_csv(path / "train.csv", loop.TRAIN_COLUMNS, [{"step": 1000, "steps_per_s": 9000.0}] + [
+    write_csv(path / "train.csv", logs.TRAIN_COLUMNS, [{"step": 1000, "steps_per_s": 9000.0}] + [
         {"step": 1000 * (i + 2), "steps_per_s": s, "critic_loss": 1.0, "actor_loss": 0.5, "alpha": 0.1}
         for i, s in enumerate(speeds)])
     if done:
@@ -101,8 +101,8 @@ def test_metaworld_uses_success_rate(runs: list[Path], tmp_path: Path) -> None:
 def test_value_needs_a_nearby_row(tmp_path: Path) -> None:
     """A run with a gap in its evaluation grid gives no value inside the gap."""
     path = fake_run(tmp_path, "sac", "Hopper-v5", 0, [0.0, 1.0, 2.0, 3.0, 4.0], done=True)
-    rows = loop.read_csv(path / "eval.csv")
-    write_csv(path / "eval.csv", loop.EVAL_COLUMNS, [r for r in rows if r["step"] in (0, 5000, 20_000)])
+    rows = logs.read_csv(path / "eval.csv")
+    write_csv(path / "eval.csv", logs.EVAL_COLUMNS, [r for r in rows if r["step"] in (0, 5000, 20_000)])
     run = report.load_run(path)
     assert report.value_at(run, 10_000) == 1.0 and report.value_at(run, 11_000) is None
     assert report.value_at(run, 20_000) == 4.0 and report.value_at(run, 25_000) is None

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..fast import ddpm
 from ..fast import diffsr as F
 from ..fast.schedule import Schedule
+from .domains import DISCOUNT, NON_NEGATIVE_INT, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
 
 
 @dataclass
@@ -76,23 +77,21 @@ class DiffSRConfig:
 
 
 #: name -> (test, the domain in words): each --hp value is checked before anything is created.
-DOMAINS: dict[str, tuple[Any, str]] = {
-    **{k: (lambda v: v >= 1, "an integer >= 1") for k in (
-        "feature_dim", "psi_hidden", "nu_hidden", "rff_dim", "hidden", "levels", "feature_steps", "batch_size",
-        "target_every", "buffer_size")},
-    "learning_starts": (lambda v: v >= 0, "an integer >= 0"),
-    **{k: (lambda v: 0 < v < math.inf, "a number > 0") for k in (
-        "rff_bandwidth", "level_a", "level_b", "noise_scale", "rep_lr", "lr", "alpha_init")},
-    "gamma": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "tau": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+DOMAINS: dict[str, Domain] = {
+    **dict.fromkeys(("feature_dim", "psi_hidden", "nu_hidden", "rff_dim", "hidden", "levels", "feature_steps",
+                     "batch_size", "target_every", "buffer_size"), POSITIVE_INT),
+    "learning_starts": NON_NEGATIVE_INT,
+    **dict.fromkeys(("rff_bandwidth", "level_a", "level_b", "noise_scale", "rep_lr", "lr", "alpha_init"), POSITIVE),
+    "gamma": DISCOUNT,
+    "tau": POLYAK,
     "log_std_min": (lambda v: math.isfinite(v), "a finite number below log_std_max"),
     "log_std_max": (lambda v: math.isfinite(v), "a finite number above log_std_min"),
-    "weighting": (lambda v: v in ("beta", "beta2", "none"), "one of beta, beta2, none"),
-    "rff_init": (lambda v: v in ("gaussian", "linear"), "one of gaussian, linear"),
-    "feature_amplitude": (lambda v: v in ("sqrt(2/D)", "1"), "one of sqrt(2/D), 1"),
-    "activation": (lambda v: v in ("relu", "elu"), "one of relu, elu"),
-    "critic_head": (lambda v: v in ("elu", "linear"), "one of elu, linear"),
-    "actor_init": (lambda v: v in ("default", "orthogonal"), "one of default, orthogonal"),
+    "weighting": one_of("beta", "beta2", "none"),
+    "rff_init": one_of("gaussian", "linear"),
+    "feature_amplitude": one_of("sqrt(2/D)", "1"),
+    "activation": one_of("relu", "elu"),
+    "critic_head": one_of("elu", "linear"),
+    "actor_init": one_of("default", "orthogonal"),
 }
 
 

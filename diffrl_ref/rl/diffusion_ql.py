@@ -23,7 +23,6 @@ min_i Q_target_i (the official ``sample_action``). Every hyperparameter and its 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -37,6 +36,7 @@ from ..fast import schedule
 from ..fast.nets import DiffusionQLNet
 from ..fast.schedule import Schedule
 from .datasets import Transitions
+from .domains import DISCOUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
 
 
 @dataclass
@@ -85,18 +85,17 @@ FAMILIES: dict[str, dict[str, float]] = {
     "walker2d-medium-expert": {"lr": 3e-4, "eta": 1.0, "grad_norm": 5.0},
 }
 
-DOMAINS: dict[str, tuple[Any, str]] = {
-    "family": (lambda v: v == "auto" or v in FAMILIES, "auto or one of " + ", ".join(FAMILIES)),
-    **{k: (lambda v: v >= 1, "an integer >= 1") for k in (
-        "K", "hidden", "batch_size", "ema_every", "eval_samples", "lr_decay_steps")},
+DOMAINS: dict[str, Domain] = {
+    "family": one_of("auto", *FAMILIES),
+    **dict.fromkeys(("K", "hidden", "batch_size", "ema_every", "eval_samples", "lr_decay_steps"), POSITIVE_INT),
     "t_dim": (lambda v: v >= 4 and v % 2 == 0, "an even integer >= 4"),
-    "ema_start": (lambda v: v >= 0, "an integer >= 0"),
-    **{k: (lambda v: 0 < v < math.inf, "a number > 0") for k in ("lr", "critic_lr", "max_action")},
-    "eta": (lambda v: 0 <= v < math.inf, "a number >= 0"),
-    "grad_norm": (lambda v: 0 <= v < math.inf, "a number >= 0 (0: no clipping)"),
-    "gamma": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "tau": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "ema_start": NON_NEGATIVE_INT,
+    **dict.fromkeys(("lr", "critic_lr", "max_action"), POSITIVE),
+    "eta": NON_NEGATIVE,
+    "grad_norm": (NON_NEGATIVE[0], "a number >= 0 (0: no clipping)"),
+    "gamma": DISCOUNT,
+    "tau": POLYAK,
+    "ema_decay": DISCOUNT,
 }
 
 HYPERPARAMETERS: dict[str, str] = {
@@ -146,6 +145,11 @@ class DoubleCritic(nn.Module):
     def forward(self, s: Tensor, a: Tensor) -> Tensor:
         x = torch.cat([s, a], dim=-1)
         return torch.stack([self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)])
+
+    def head(self, i: int, s: Tensor, a: Tensor) -> Tensor:
+        """Q_i(s, a) alone, (B,)."""
+        out: Tensor = (self.q1, self.q2)[i](torch.cat([s, a], dim=-1)).squeeze(-1)
+        return out
 
 
 class DatasetSampler:
@@ -229,14 +233,14 @@ class DiffusionQLAgent:
         self.critic_opt.step()
         # policy: one critic maximised, the other normalises (drawn at random, as the official code)
         first = bool(torch.rand(()) > 0.5)
-        both: dict[int, Tensor] = {}  # the two critics at the sampled a^0, evaluated once
+        i_q, i_norm = (0, 1) if first else (1, 0)
 
-        def q_i(i: int) -> Any:
-            def q(s_: Tensor, a_: Tensor) -> Tensor:
-                if id(a_) not in both:
-                    both[id(a_)] = self.critic(s_, a_)
-                return both[id(a_)][i]
-            return q
+        def q_fn(s_: Tensor, a_: Tensor) -> Tensor:
+            return self.critic.head(i_q, s_, a_)
+
+        def q_norm_fn(s_: Tensor, a_: Tensor) -> Tensor:
+            with torch.no_grad():  # E|Q'| is a stop-gradient constant of the clause: no graph through Q'
+                return self.critic.head(i_norm, s_, a_)
 
         B = s.shape[0]
         k = torch.randint(1, cfg.K + 1, (B,), device=self.device)
@@ -246,7 +250,7 @@ class DiffusionQLAgent:
         # the critics are constants here: gradients reach the policy through a^0 only
         self.critic.requires_grad_(False)
         try:
-            rows = self.loss(a, s, self.policy, k, eps, a_K, noises, q_i(0 if first else 1), q_i(1 if first else 0))
+            rows = self.loss(a, s, self.policy, k, eps, a_K, noises, q_fn, q_norm_fn)
             policy_loss = rows.mean() / self.da
             self.policy_opt.zero_grad(set_to_none=True)
             policy_loss.backward()

@@ -14,11 +14,9 @@ resumed run's numbers equal the uninterrupted run's.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import fcntl
 import json
-import os
 import shutil
 import signal
 import sys
@@ -36,6 +34,7 @@ import torch
 from . import diffsr, diffusion_ql, envs, gate, sac
 from .diffsr import DiffSRAgent, DiffSRConfig
 from .diffusion_ql import DiffusionQLAgent, DiffusionQLConfig
+from .logs import EPISODE_COLUMNS, EVAL_COLUMNS, FORMAT, TRAIN_COLUMNS, CsvLog, atomic_write
 from .sac import SB3SAC, SACConfig
 
 ALGOS = ("diffsr", "sac", "diffusion-ql")
@@ -43,10 +42,6 @@ OFFLINE = ("diffusion-ql",)  # learn from a dataset (--dataset); a step is a gra
 CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig, "diffusion-ql": DiffusionQLConfig}
 DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac": sac.DOMAINS,
                                                   "diffusion-ql": diffusion_ql.DOMAINS}
-EVAL_COLUMNS = ["step", "return_mean", "return_std", "length_mean", "success_rate", "train_seconds"]
-TRAIN_COLUMNS = ["step", "steps_per_s", "critic_loss", "actor_loss", "alpha", "rep_loss"]
-EPISODE_COLUMNS = ["step", "episode", "return", "length", "success"]
-FORMAT = 1
 
 
 class RunError(ValueError):
@@ -124,56 +119,6 @@ def make_agent(algo: str, cfg: Any, env: Any, seed: int, device: str, data: Any 
         return SB3SAC(env, cfg, seed, device)
     torch.manual_seed(seed)
     return DiffSRAgent(env.observation_space.shape[0], env.action_space.shape[0], cfg, device)
-
-
-# ---- files ----------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """write(tmp_path), fsync, then rename over ``path``: a reader sees the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-class CsvLog:
-    """Append-only CSV, flushed per row; on resume, rows after the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, columns: list[str], keep_until: int | None) -> None:
-        self.path, self.columns = path, columns
-        rows: list[dict[str, str]] = []
-        if keep_until is not None and path.exists():
-            with open(path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    try:  # a kill -9 can leave a torn last line
-                        if int(row["step"]) <= keep_until and None not in row.values():
-                            rows.append(row)
-                    except (TypeError, ValueError):
-                        continue
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, columns)
-                w.writeheader()
-                w.writerows(rows)
-
-        atomic_write(path, write)
-        self.fh = open(path, "a", newline="")  # noqa: SIM115 - closed by close()
-        self.writer = csv.DictWriter(self.fh, columns, extrasaction="ignore")
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def read_csv(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
 
 
 # ---- the loop ---------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from . import envs, loop
+from . import envs, logs, loop
 
 LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)", "diffusion-ql": "Diffusion-QL (ours)",
           "d3rlpy-bc": "BC (d3rlpy)", "d3rlpy-td3bc": "TD3+BC (d3rlpy)", "d3rlpy-iql": "IQL (d3rlpy)",
@@ -103,7 +103,7 @@ def column(env: str) -> str:
 
 def _read(path: Path) -> list[dict[str, float]]:
     try:
-        return loop.read_csv(path)
+        return logs.read_csv(path)
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read {path}: {exc}") from None
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .domains import DISCOUNT, NON_NEGATIVE_INT, POLYAK, POSITIVE, POSITIVE_INT, Domain
+
 
 @dataclass
 class SACConfig:
@@ -29,12 +31,12 @@ class SACConfig:
 
 
 #: name -> (test, the domain in words), as diffsr.DOMAINS.
-DOMAINS: dict[str, tuple[Any, str]] = {
-    "learning_rate": (lambda v: 0 < v < float("inf"), "a number > 0"),
-    **{k: (lambda v: v >= 1, "an integer >= 1") for k in ("buffer_size", "batch_size", "hidden")},
-    "learning_starts": (lambda v: v >= 0, "an integer >= 0"),
-    "tau": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "gamma": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+DOMAINS: dict[str, Domain] = {
+    "learning_rate": POSITIVE,
+    **dict.fromkeys(("buffer_size", "batch_size", "hidden"), POSITIVE_INT),
+    "learning_starts": NON_NEGATIVE_INT,
+    "tau": POLYAK,
+    "gamma": DISCOUNT,
 }
 
 HYPERPARAMETERS: dict[str, str] = {
