@@ -267,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out", help="output directory for bench.json/.rst/.png")
     b.add_argument("--no-plot", action="store_true", help="skip the plot")
 
-    r = sub.add_parser("train", help="train Diff-SR or SAC online, Diffusion-QL offline (logs, resumable)")
-    r.add_argument("algo", choices=["diffsr", "sac", "diffusion-ql"],
-                   help="diffsr (Algorithm 2) or sac (stable-baselines3), online; diffusion-ql, offline (--dataset)")
+    r = sub.add_parser("train", help="train Diff-SR or SAC online, Diffusion-QL or EDP offline (logs, resumable)")
+    r.add_argument("algo", choices=["diffsr", "sac", "diffusion-ql", "edp"],
+                   help="diffsr (Algorithm 2) or sac (stable-baselines3), online; diffusion-ql or edp, offline "
+                        "(--dataset)")
     r.add_argument("--env", help="online: Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task (reach-v3); "
                                  "offline: taken from the dataset")
     r.add_argument("--dataset", help="offline algorithms: Minari dataset id (diffrl dataset list)")

@@ -221,6 +221,13 @@ def offline_hyperparameters() -> str:
     return out
 
 
+def edp_hyperparameters() -> str:
+    """The EDP hyperparameter table (included by docs/offline.rst); its per-set gradient clip is Diffusion-QL's."""
+    from .rl import edp
+
+    return _hp_tables([("EDP", edp.EDPConfig(), edp.HYPERPARAMETERS)])
+
+
 def _hp_tables(tables: list[tuple[str, Any, dict[str, str]]]) -> str:
     from dataclasses import fields
 
@@ -247,6 +254,7 @@ def render() -> dict[str, str]:
     pages["_fast_modules.inc"] = fast_modules()
     pages["_rl_hyperparameters.inc"] = rl_hyperparameters()
     pages["_offline_hyperparameters.inc"] = offline_hyperparameters()
+    pages["_edp_hyperparameters.inc"] = edp_hyperparameters()
     return pages
 
 

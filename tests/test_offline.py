@@ -7,6 +7,7 @@ resumes after kill -9 to the same numbers, and plots.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
@@ -26,9 +28,10 @@ pytest.importorskip("h5py")
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import diffsr as D  # noqa: E402
-from diffrl_ref.rl import gate  # noqa: E402
+from diffrl_ref.rl import gate, loop  # noqa: E402
 from diffrl_ref.rl.datasets import Transitions  # noqa: E402
 from diffrl_ref.rl.diffusion_ql import DiffusionQLAgent, DiffusionQLConfig, family_of  # noqa: E402
+from diffrl_ref.rl.edp import EDPAgent, EDPConfig, SharedCall, trajectory_scale  # noqa: E402
 
 TINY = ["--hp", "hidden=16", "--hp", "batch_size=16", "--hp", "t_dim=4"]
 ID = "diffrl/hopper/random-v0"
@@ -97,26 +100,36 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k not in ("train_seconds", "steps_per_s")} for r in csv.DictReader(fh)]
 
 
-def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "diffusion-ql", "--dataset", ID, "--dataset-root", str(root), "--steps", str(steps),
+def _train(algo: str, root: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", algo, "--dataset", ID, "--dataset-root", str(root), "--steps", str(steps),
             "--out", str(out), "--seed", "1", "--eval-every", "100", "--eval-episodes", "1",
             "--checkpoint-every", "50", "--log-every", "25", "--threads", "1", "--no-progress", *TINY, *extra]
 
 
-def test_make_train_kill_resume_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The documented sequence: dataset make, train (checked against the conformance suite first), a run
-    killed with SIGKILL and resumed equal to a straight run, then diffrl plot."""
-    root = tmp_path / "datasets"
+@pytest.fixture(scope="module")
+def hopper_random(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The documented first command: a small random Hopper dataset, made once for the module."""
+    root = tmp_path_factory.mktemp("datasets")
     assert cli.main(["dataset", "make", "--env", "Hopper-v5", "--kind", "random", "--out", str(root),
                      "--size", "2000", "--eval-episodes", "2", "--no-progress"]) == 0
+    return root
+
+
+@pytest.mark.parametrize("algo", ["diffusion-ql", "edp"])
+def test_make_train_kill_resume_plot(algo: str, hopper_random: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented sequence: dataset make, train (checked against the conformance suite first), a run
+    killed with SIGKILL and resumed equal to a straight run, then diffrl plot."""
+    root = hopper_random
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert cli.main(_train(root, straight, 300)) == 0
+    assert cli.main(_train(algo, root, straight, 300)) == 0
     record = json.loads((straight / "conformance.json").read_text())
-    assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES["diffusion-ql"]}
+    assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES[algo]}
     conf = json.loads((straight / "config.json").read_text())
     assert conf["identity"]["dataset"] == ID and conf["identity"]["env"] == "Hopper-v5"
-    proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *_train(root, killed, 300, "--skip-conformance")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = _train(algo, root, killed, 300, "--skip-conformance")
+    proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
         while True:
@@ -129,7 +142,7 @@ def test_make_train_kill_resume_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (killed / "done.json").exists()
-    assert cli.main(_train(root, killed, 300, "--skip-conformance")) == 0
+    assert cli.main(argv) == 0
     for name in ("eval.csv", "train.csv"):
         assert _rows(straight / name) == _rows(killed / name), name
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]["policy"]
@@ -138,12 +151,13 @@ def test_make_train_kill_resume_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "300"]) == 0
     rows = json.loads((tmp_path / "plot" / "results.json").read_text())
-    assert rows[0]["algo"] == "diffusion-ql" and rows[0]["at"]["300"]["n"] == 1
+    assert rows[0]["algo"] == algo and rows[0]["at"]["300"]["n"] == 1
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["train", "diffusion-ql", "--steps", "10", "--out", "X"], "--dataset is required"),
     (["train", "diffusion-ql", "--dataset", "diffrl/nope/random-v0", "--steps", "10", "--out", "X"], "nope"),
+    (["train", "edp", "--steps", "10", "--out", "X"], "--dataset is required"),
     (["train", "sac", "--dataset", ID, "--steps", "10", "--out", "X"], "trains online"),
     (["train", "sac", "--steps", "10", "--out", "X"], "--env is required"),
 ])
@@ -155,3 +169,102 @@ def test_offline_bad_input_one_line(argv: list[str], needle: str, tmp_path: Path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "run").exists()
+
+
+# ---- EDP -------------------------------------------------------------------------------------------
+
+EDP_TINY = {"hidden": 16, "t_dim": 4, "batch_size": 16}
+
+
+@pytest.mark.parametrize("likelihood", ["elbo", "gaussian"])
+def test_edp_policy_loss_is_the_written_loss(likelihood: str) -> None:
+    """The policy loss of one update equals L_d + L_g written here without the clauses: L_d the mean over
+    batch and action dimensions of (eps - eps_hat)^2, L_g = -mean(f log pi) with f = min(exp(3 (Q - V)), 100)
+    and log pi = -beta_k / (2 alpha_k (1 - ab_k)) ||eps - eps_hat||^2 (elbo) or log N(a; a0_hat, I) (gaussian)."""
+    torch.manual_seed(0)
+    ag = EDPAgent(_data(), EDPConfig(**EDP_TINY, likelihood=likelihood, reward_norm="none"))  # type: ignore[arg-type]
+    torch.manual_seed(1)
+    s, a, r, s2, d = ag.data.sample(16)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        q_t = torch.amin(ag.critic_target(s, a), 0)
+    # replay update()'s draws: the batch, then k and eps after the value step
+    policy = copy.deepcopy(ag.policy)
+    value = copy.deepcopy(ag.value)
+    v_opt = torch.optim.Adam(value.parameters(), lr=ag.cfg.lr)
+    ev = ((q_t - value(s)) ** 2 * torch.where(q_t - value(s) > 0, 0.7, 0.3)).mean()
+    v_opt.zero_grad()
+    ev.backward()
+    nn.utils.clip_grad_norm_(value.parameters(), ag.cfg.grad_norm)
+    v_opt.step()
+    info = ag.update()
+    torch.manual_seed(1)
+    ag.data.sample(16)
+    k = torch.randint(1, ag.cfg.K + 1, (16,))
+    eps = torch.randn(16, 2)
+    with torch.no_grad():
+        f = torch.clamp(torch.exp(3.0 * (q_t - value(s))), max=100.0)
+        beta = ag.sched.beta[k]
+        ab = ag.sched.alpha_bar[k]
+        a_k = ab.sqrt()[:, None] * a + (1 - ab).sqrt()[:, None] * eps
+        e_hat = policy(a_k, k, s)
+        l_d = ((e_hat - eps) ** 2).mean()
+        if likelihood == "elbo":
+            w = beta / (2 * (1 - beta) * (1 - ab))
+            log_pi = -w * ((eps - e_hat) ** 2).sum(-1)
+        else:
+            a0 = (a_k - (1 - ab).sqrt()[:, None] * e_hat) / ab.sqrt()[:, None]
+            log_pi = -0.5 * ((a - a0) ** 2).sum(-1) - np.log(2 * np.pi)  # da = 2
+        expected = l_d - (f * log_pi).mean()
+    torch.testing.assert_close(info["actor_loss"], expected, rtol=1e-5, atol=1e-6)  # float32, O(1) terms
+
+
+def test_edp_update_calls_the_network_once_and_trains_every_part() -> None:
+    torch.manual_seed(0)
+    ag = EDPAgent(_data(), EDPConfig(**EDP_TINY))  # type: ignore[arg-type]
+    calls = []
+    ag.policy.register_forward_hook(lambda *_: calls.append(1))
+    parts = {"policy": ag.policy, "critic": ag.critic, "target": ag.critic_target, "value": ag.value}
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in parts.items()}
+    ag.update()
+    assert len(calls) == 1  # L_d and L_g share one network call (SharedCall)
+    for n, m in parts.items():
+        assert any(not torch.equal(b, p) for b, p in zip(before[n], m.parameters(), strict=True)), n
+    # SharedCall reuses an output only for the same input values
+    net = torch.nn.Linear(1, 1)
+    shared = SharedCall(lambda x, k, s: net(x))
+    x, k, s = torch.ones(3, 1), torch.ones(3, dtype=torch.long), torch.zeros(3, 1)
+    assert shared(x, k, s) is shared(x.clone(), k.clone(), s)
+    assert shared(x + 1, k, s) is not shared(x, k, s)
+
+
+def test_edp_acts_with_15_solver_steps_inside_the_box() -> None:
+    torch.manual_seed(0)
+    ag = EDPAgent(_data(), EDPConfig(**EDP_TINY))  # type: ignore[arg-type]
+    calls = []
+    ag.policy.register_forward_hook(lambda *_: calls.append(1))
+    a = ag.act(np.zeros(3, dtype=np.float32), deterministic=True)
+    assert a.shape == (2,) and np.all(np.abs(a) <= 1.0)
+    assert len(calls) == 15  # DPM-Solver++(2M): one network call per step, the official dpm_steps
+
+
+def test_edp_reward_scale_is_the_official_trajectory_normalisation() -> None:
+    """Two trajectories cut where s' is not the next row's s, one ended by a terminal: returns 3 and -1."""
+    f32 = np.float32
+    obs = np.arange(6, dtype=f32)[:, None]
+    nxt = obs + 1
+    nxt[2] = 99.0  # a cut (time limit) after row 2
+    data = Transitions("x/y/random-v0", "Hopper-v5", obs, np.zeros((6, 1), f32), np.array([1, 1, 1, -1, 0, 0], f32),
+                       nxt, np.array([0, 0, 0, 0, 0, 1], f32), 0.0, 1.0)
+    assert trajectory_scale(data) == pytest.approx(1000.0 / 4.0)
+    ag = EDPAgent(data, EDPConfig(**EDP_TINY, dpm_steps=5))  # type: ignore[arg-type]
+    assert ag.reward_scale == pytest.approx(250.0)
+    assert torch.equal(ag.data.r, torch.tensor([250.0, 250, 250, -250, 0, 0]))
+    assert float(ag.data.a.abs().max()) <= 0.999
+
+
+def test_edp_hyperparameter_relations_are_checked() -> None:
+    with pytest.raises(loop.RunError, match=r"dpm_steps \(20\) must be <= K \(10\)"):
+        loop.agent_config("edp", {"dpm_steps": "20", "K": "10"})
+    with pytest.raises(loop.RunError, match="likelihood must be one of elbo, gaussian"):
+        loop.agent_config("edp", {"likelihood": "mle"})

@@ -24,6 +24,9 @@ CLAUSES: dict[str, tuple[str, ...]] = {
     "sac": (),
     "diffusion-ql": ("schedule.vp", "ddpm.noise", "diffusion_ql.bc_loss", "diffusion_ql.sample_action",
                      "diffusion_ql.q_loss", "diffusion_ql.loss", "diffsr.td_target", "diffsr.critic_loss"),
+    "edp": ("schedule.linear", "ddpm.noise", "diffusion_ql.bc_loss", "edp.weighted_elbo", "edp.policy_objective",
+            "edp.action_approx", "edp.weights", "edp.expectile_loss", "edp.iql_q_target", "diffsr.critic_loss",
+            "dpm_solver.pp_2m"),
 }
 DTYPE = "float32"  # the agents train in float32
 IMPL = "fast"  # what is checked: the production path (the tests swap in one with a planted bug)

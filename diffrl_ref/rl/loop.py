@@ -31,17 +31,19 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import diffsr, diffusion_ql, envs, gate, sac
+from . import diffsr, diffusion_ql, edp, envs, gate, sac
 from .diffsr import DiffSRAgent, DiffSRConfig
 from .diffusion_ql import DiffusionQLAgent, DiffusionQLConfig
+from .edp import EDPAgent, EDPConfig
 from .logs import EPISODE_COLUMNS, EVAL_COLUMNS, FORMAT, TRAIN_COLUMNS, CsvLog, atomic_write
 from .sac import SB3SAC, SACConfig
 
-ALGOS = ("diffsr", "sac", "diffusion-ql")
-OFFLINE = ("diffusion-ql",)  # learn from a dataset (--dataset); a step is a gradient step
-CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig, "diffusion-ql": DiffusionQLConfig}
+ALGOS = ("diffsr", "sac", "diffusion-ql", "edp")
+OFFLINE = ("diffusion-ql", "edp")  # learn from a dataset (--dataset); a step is a gradient step
+CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig, "diffusion-ql": DiffusionQLConfig,
+                                 "edp": EDPConfig}
 DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac": sac.DOMAINS,
-                                                  "diffusion-ql": diffusion_ql.DOMAINS}
+                                                  "diffusion-ql": diffusion_ql.DOMAINS, "edp": edp.DOMAINS}
 
 
 class RunError(ValueError):
@@ -115,6 +117,9 @@ def make_agent(algo: str, cfg: Any, env: Any, seed: int, device: str, data: Any 
     if algo == "diffusion-ql":
         torch.manual_seed(seed)
         return DiffusionQLAgent(data, cfg, device)
+    if algo == "edp":
+        torch.manual_seed(seed)
+        return EDPAgent(data, cfg, device)
     if algo == "sac":
         return SB3SAC(env, cfg, seed, device)
     torch.manual_seed(seed)

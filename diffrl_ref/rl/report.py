@@ -51,9 +51,9 @@ import numpy as np
 from . import envs, logs, loop
 
 LABELS = {"diffsr": "Diff-SR (ours)", "sac": "SAC (stable-baselines3)", "diffusion-ql": "Diffusion-QL (ours)",
-          "d3rlpy-bc": "BC (d3rlpy)", "d3rlpy-td3bc": "TD3+BC (d3rlpy)", "d3rlpy-iql": "IQL (d3rlpy)",
-          "d3rlpy-cql": "CQL (d3rlpy)"}
-COLORS = {"diffsr": "C0", "sac": "C1", "diffusion-ql": "C2", "d3rlpy-bc": "C3", "d3rlpy-td3bc": "C4",
+          "edp": "EDP (ours)", "d3rlpy-bc": "BC (d3rlpy)", "d3rlpy-td3bc": "TD3+BC (d3rlpy)",
+          "d3rlpy-iql": "IQL (d3rlpy)", "d3rlpy-cql": "CQL (d3rlpy)"}
+COLORS = {"diffsr": "C0", "sac": "C1", "diffusion-ql": "C2", "edp": "C7", "d3rlpy-bc": "C3", "d3rlpy-td3bc": "C4",
           "d3rlpy-iql": "C5", "d3rlpy-cql": "C6"}
 ALGO_ORDER = {name: i for i, name in enumerate(loop.ALGOS)}
 DASH = "—"

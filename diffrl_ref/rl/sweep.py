@@ -12,7 +12,7 @@ A grid file::
     eval_every: 5000          # optional, as the flags of ``diffrl train``
     eval_episodes: 10
     checkpoint_every: 10000
-    datasets: [diffrl/hopper/medium-v0]   # offline groups (diffusion-ql) run on these instead of envs
+    datasets: [diffrl/hopper/medium-v0]   # offline groups (diffusion-ql, edp) run on these instead of envs
     dataset_root: datasets                # their Minari root
 
 The cell (env or dataset, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
