@@ -79,14 +79,15 @@ def test_results_json(runs: list[Path], tmp_path: Path) -> None:
     assert not d["complete"] and d["in_progress"] == [2] and d["label"] == "Diff-SR (ours)"
     for step, i in ((5000, 1), (7000, 1), (10_000, 2)):  # 7000 is off the grid: the row at 5000
         vals = np.array([RETURNS[s][i] for s in (0, 1, 2)])
-        assert d["at"][str(step)] == {"mean": pytest.approx(vals.mean()), "std": pytest.approx(vals.std()), "n": 3}
+        assert d["at"][str(step)] == {"mean": pytest.approx(vals.mean()), "std": pytest.approx(vals.std()), "n": 3,
+                                      "values": pytest.approx(list(vals))}
     assert "12000" not in d["at"] and "20000" not in d["at"]  # seed 2 has not reached them
     # throughput: done.json for seeds 0 and 1, the learning rows of train.csv for seed 2
     per_1k = (1000 * 36 / 18_000 + 1000 * 45 / 18_000 + (1000 / 500 + 1000 / 250) / 2) / 3
     assert d["seconds_per_1k_steps"] == pytest.approx(per_1k)
     assert d["steps_per_s"] == pytest.approx(1000 / per_1k)
     s = rows[("Hopper-v5", "sac")]
-    assert s["complete"] and s["at"]["20000"] == {"mean": 0.0, "std": 0.0, "n": 1}
+    assert s["complete"] and s["at"]["20000"] == {"mean": 0.0, "std": 0.0, "n": 1, "values": [0.0]}
 
 
 def test_metaworld_uses_success_rate(runs: list[Path], tmp_path: Path) -> None:
@@ -94,7 +95,8 @@ def test_metaworld_uses_success_rate(runs: list[Path], tmp_path: Path) -> None:
     r = rows_by_group(tmp_path / "out")[("reach-v3", "sac")]
     assert r["metric"] == "success_rate" and r["steps_reached"] == 10_000
     vals = np.array([SUCCESS[0][2], SUCCESS[1][2]])
-    assert r["at"]["10000"] == {"mean": pytest.approx(vals.mean()), "std": pytest.approx(vals.std()), "n": 2}
+    assert r["at"]["10000"] == {"mean": pytest.approx(vals.mean()), "std": pytest.approx(vals.std()), "n": 2,
+                                "values": pytest.approx(list(vals))}
     assert "15000" not in r["at"]
 
 
@@ -124,8 +126,10 @@ def test_rst_table(runs: list[Path], tmp_path: Path) -> None:
     hopper = rows[1]
     vals = np.array([RETURNS[s][1] for s in (0, 1, 2)])
     assert hopper[:5] == ["Hopper-v5", "Diff-SR (ours)", "Return", "3", "10,000"]
-    assert hopper[5] == f"{vals.mean():.1f} ± {vals.std():.1f}" and hopper[7] == "—"
-    assert rows[3][2] == "Success rate" and rows[3][5] == "0.30 ± 0.10"
+    seeds = ", ".join(f"{v:.1f}" for v in vals)
+    assert hopper[5] == f"{vals.mean():.1f} ± {vals.std():.1f} ({seeds})" and hopper[7] == "—"
+    assert rows[3][2] == "Success rate" and rows[3][5] == "0.30 ± 0.10 (0.20, 0.40)"
+    assert "population standard deviation over seeds (ddof = 0)" in text
     # one seed: the value alone, no "± 0.0" that would read as a measured spread
     assert rows[2][3] == "1" and rows[2][5] == f"{RETURNS[0][::-1][1]:.1f}"
     notes = [line for line in text.splitlines() if line.startswith("*Runs still in progress")]

@@ -199,7 +199,9 @@ def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
         values = [value_at(run, step) for run in runs]
         if all(v is not None for v in values):
             arr = np.array(values, dtype=float)
-            table[str(step)] = {"mean": float(arr.mean()), "std": float(arr.std()), "n": len(values)}
+            # population std (numpy's ddof = 0), as every published table; each seed's value beside it
+            table[str(step)] = {"mean": float(arr.mean()), "std": float(arr.std()), "n": len(values),
+                                "values": [float(v) for v in arr]}
     speeds = [r.seconds_per_1k for r in runs if r.seconds_per_1k is not None]
     per_1k = float(np.mean(speeds)) if speeds else None
     extra = {"hp": dict(runs[0].hp)} if variant else {}
@@ -233,7 +235,8 @@ def _cell(row: dict[str, Any], step: int) -> str:
     digits = 2 if row["metric"] == "success_rate" else 1
     if point["n"] == 1:  # one seed has no spread: "± 0.0" would read as a measured zero
         return f"{point['mean']:.{digits}f}"
-    return f"{point['mean']:.{digits}f} ± {point['std']:.{digits}f}"
+    seeds = ", ".join(f"{v:.{digits}f}" for v in point["values"])
+    return f"{point['mean']:.{digits}f} ± {point['std']:.{digits}f} ({seeds})"
 
 
 def rst_table(rows: list[dict[str, Any]], at: list[int]) -> str:
@@ -245,6 +248,8 @@ def rst_table(rows: list[dict[str, Any]], at: list[int]) -> str:
     lines = [".. list-table::", "   :header-rows: 1", ""]
     for cells in [header, *body]:
         lines += ["   * - " + cells[0]] + ["     - " + c for c in cells[1:]]
+    lines += ["", "*Mean ± population standard deviation over seeds (ddof = 0), then each seed's value in "
+                  "parentheses, seeds ascending.*"]
     for r in rows:
         if not r["complete"]:
             busy = r["in_progress"]
