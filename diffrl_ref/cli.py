@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder for curves.png, results.json, results.rst and runs/ (the runs' logs)")
     g.add_argument("--at", type=_positive, nargs="+", default=[50_000, 100_000, 200_000],
                    help="steps of the results table (default: 50000 100000 200000)")
+    g.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="also compare algorithm A with B at the last --at step: per-task bootstrap intervals, "
+                        "IQM normalised by the random policy and B (comparison.rst/json)")
     return p
 
 
@@ -438,7 +441,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .rl import report
 
     try:
-        wrote = report.main([Path(r) for r in args.runs], Path(args.out), args.at)
+        wrote = report.main([Path(r) for r in args.runs], Path(args.out), args.at,
+                            tuple(args.compare) if args.compare else None)
     except report.ReportError as exc:
         raise CliError(str(exc)) from None
     print("plot: wrote " + ", ".join(map(str, wrote)))

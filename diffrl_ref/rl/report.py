@@ -194,7 +194,7 @@ def label(run: Run) -> str:
 
 def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
     env, algo, variant = key
-    table: dict[str, dict[str, float]] = {}
+    table: dict[str, dict[str, Any]] = {}
     for step in at:
         values = [value_at(run, step) for run in runs]
         if all(v is not None for v in values):
@@ -328,11 +328,78 @@ def archive(runs: list[Run], out: Path) -> None:
                 (dst / name).unlink(missing_ok=True)
 
 
+# ---- two algorithms compared ------------------------------------------------------------------------------
+
+
+def compare(groups: dict[Group, list[Run]], a: str, b: str, step: int, out: Path) -> dict[str, Any]:
+    """``a`` against ``b`` (their default groups) at ``step`` on every env both reached it: per-task difference
+    of means with a bootstrap interval, and the IQM of scores normalised by the random policy and b's mean."""
+    from . import stats
+
+    per_env: dict[str, dict[str, list[float]]] = {}
+    for (env, algo, variant), members in groups.items():
+        if variant or algo not in (a, b):
+            continue
+        values = [value_at(run, step) for run in members]
+        if all(v is not None for v in values):
+            per_env.setdefault(env, {})[algo] = [float(v) for v in values if v is not None]
+    envs_both = sorted(e for e, d in per_env.items() if a in d and b in d)
+    if not envs_both:
+        raise ReportError(f"--compare {a} {b}: no environment where both reached step {step:,} with every seed")
+    random = stats.random_returns(envs_both, out / "random_returns.json")
+    tasks: list[dict[str, Any]] = []
+    norm: dict[str, list[np.ndarray]] = {a: [], b: []}
+    for env in envs_both:
+        xa, xb = per_env[env][a], per_env[env][b]
+        ref = float(np.mean(xb))
+        row: dict[str, Any] = {"env": env, "metric": metric(env), a: xa, b: xb, "random": random[env],
+                               **stats.mean_difference(xa, xb)}
+        tasks.append(row)
+        if ref != random[env]:
+            norm[a].append(stats.normalise(np.array(xa), random[env], ref))
+            norm[b].append(stats.normalise(np.array(xb), random[env], ref))
+    counts = {len(v) for k in norm for v in norm[k]}
+    aggregate: dict[str, Any] | None = None
+    if norm[a] and len(counts) == 1:  # rliable's matrix needs the same number of runs on every task
+        aggregate = stats.iqm({k: np.stack(v, axis=1) for k, v in norm.items()})
+    return {"a": a, "b": b, "step": step, "confidence": stats.CONFIDENCE, "resamples": stats.RESAMPLES,
+            "reps": stats.REPS, "tasks": tasks, "aggregate": aggregate,
+            "aggregate_tasks": len(norm[a]) if aggregate else 0}
+
+
+def comparison_rst(c: dict[str, Any]) -> str:
+    a, b = LABELS.get(c["a"], c["a"]), LABELS.get(c["b"], c["b"])
+    lines = [".. list-table::", "   :header-rows: 1", "",
+             "   * - Environment", "     - Seeds", f"     - {_escape(a)} − {_escape(b)} @ {step_label(c['step'])}",
+             "     - 95% interval", "     - Verdict"]
+    for t in c["tasks"]:
+        digits = 2 if t["metric"] == "success_rate" else 1
+        lines += [f"   * - {_escape(t['env'])}", f"     - {t['n'][0]} and {t['n'][1]}",
+                  f"     - {t['difference']:.{digits}f}", f"     - [{t['low']:.{digits}f}, {t['high']:.{digits}f}]",
+                  f"     - {_escape(a)} {t['verdict']}" if t["verdict"] != "not distinguishable"
+                  else "     - not distinguishable"]
+    lines += ["", f"*Difference of the mean final scores over seeds; {c['confidence']:.0%} percentile-bootstrap "
+                  f"interval over seeds ({c['resamples']:,} resamples, scipy.stats.bootstrap); a verdict only "
+                  "where the interval excludes 0.*"]
+    agg = c["aggregate"]
+    if agg:
+        lines += ["", f"*Aggregate over {c['aggregate_tasks']} task(s), scores normalised per task as (score − "
+                      f"random) / ({_escape(b)} mean − random): IQM "
+                  + "; ".join(f"{_escape(LABELS.get(k, k))} {v['iqm']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+                              for k, v in agg.items())
+                  + f" ({c['confidence']:.0%} stratified-bootstrap intervals, {c['reps']:,} reps, rliable).*"]
+    else:
+        lines += ["", "*No aggregate: the tasks do not all have the same number of seeds, or none has a scale "
+                      "(the reference's mean equals the random policy's).*"]
+    return "\n".join(lines) + "\n"
+
+
 # ---- entry point --------------------------------------------------------------------------------------
 
 
-def main(runs: list[Path], out: Path, at: list[int]) -> list[Path]:
-    """Write curves.png, results.json, results.rst and runs/ for ``runs`` into ``out``; return the paths written."""
+def main(runs: list[Path], out: Path, at: list[int], versus: tuple[str, str] | None = None) -> list[Path]:
+    """Write curves.png, results.json, results.rst and runs/ for ``runs`` into ``out`` (and comparison.json,
+    comparison.rst, random_returns.json for ``versus`` = (a, b) at the last ``at`` step); return the paths."""
     groups = group([load_run(p) for p in runs])
     at = sorted(set(at))
     if out.exists() and not out.is_dir():
@@ -343,6 +410,11 @@ def main(runs: list[Path], out: Path, at: list[int]) -> list[Path]:
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "results.rst").write_text(rst_table(rows, at))
     wrote = [out / "results.json", out / "results.rst", out / "runs"]
+    if versus is not None:
+        c = compare(groups, versus[0], versus[1], at[-1], out)
+        (out / "comparison.json").write_text(json.dumps(c, indent=1) + "\n")
+        (out / "comparison.rst").write_text(comparison_rst(c))
+        wrote += [out / "comparison.json", out / "comparison.rst", out / "random_returns.json"]
     try:
         plot(groups, out / "curves.png")
     except ImportError:  # the tables need no matplotlib; say what is missing and keep them
