@@ -21,7 +21,7 @@ minari = pytest.importorskip("minari")
 pytest.importorskip("h5py")
 
 from diffrl_ref import cli  # noqa: E402
-from diffrl_ref.rl import datasets, envs  # noqa: E402
+from diffrl_ref.rl import datasets, envs, loop, report  # noqa: E402
 
 SMALL = ["--size", "300", "--eval-episodes", "2", "--no-progress"]
 
@@ -58,10 +58,12 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]] | None:
 @pytest.fixture(scope="module")
 def sac_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sac") / "run"
-    assert cli.main(["train", "sac", "--env", "InvertedPendulum-v5", "--steps", "400", "--out", str(out),
-                     "--hp", "learning_starts=200", "--hp", "batch_size=16", "--hp", "hidden=16",
-                     "--checkpoint-every", "200", "--eval-every", "200", "--eval-episodes", "1", "--threads", "1",
-                     "--no-progress"]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "SNAPSHOT_EVERY", 200)  # policy snapshots at 200 and 400 (50,000 in real runs)
+        assert cli.main(["train", "sac", "--env", "InvertedPendulum-v5", "--steps", "400", "--out", str(out),
+                         "--hp", "learning_starts=200", "--hp", "batch_size=16", "--hp", "hidden=16",
+                         "--checkpoint-every", "200", "--eval-every", "200", "--eval-episodes", "1", "--threads",
+                         "1", "--no-progress"]) == 0
     return out
 
 
@@ -181,6 +183,40 @@ def test_policy_datasets(sac_run: Path, tmp_path: Path) -> None:
                      "--expert-return", "1000"]) == 0
     t = datasets.load_transitions(datasets.dataset_id(env, "random"), tmp_path / "c")
     assert t.ref_max_score == 1000.0
+
+
+def test_policy_snapshots_are_behaviour_policies(sac_run: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """SAC keeps its actor every SNAPSHOT_EVERY steps and at the end (policies/stepT.pt, archived with the logs);
+    a snapshot of the checkpoint's actor makes the same medium dataset as the full checkpoint; medium-replay
+    needs the checkpoint. (checkpoint.pt is written at episode ends, snapshots at their step, mid-episode.)"""
+    env = "InvertedPendulum-v5"
+    assert sorted(p.name for p in (sac_run / "policies").glob("*.pt")) == ["step200.pt", "step400.pt"]
+    final = sac_run / "policies" / "step400.pt"
+    snap = torch.load(final, weights_only=False)
+    first = torch.load(sac_run / "policies" / "step200.pt", weights_only=False)
+    assert set(snap["agent"]) == {"actor", "config"} and snap["state"] == {"t": 400}
+    assert snap["identity"]["algo"] == "sac" and np.isfinite(snap["eval"]["return_mean"])
+    assert not torch.equal(snap["agent"]["actor"]["mu.weight"], first["agent"]["actor"]["mu.weight"])  # it learnt
+    ck = torch.load(sac_run / "checkpoint.pt", weights_only=False)
+    assert final.stat().st_size * 5 < (sac_run / "checkpoint.pt").stat().st_size  # the actor alone
+    same = {**snap, "state": {"t": ck["state"]["t"]}, "agent": {
+        "actor": {k.removeprefix("actor."): v for k, v in ck["agent"]["policy"].items() if k.startswith("actor.")},
+        "config": ck["agent"]["config"]}}
+    torch.save(same, tmp_path / "same.pt")
+    assert make(tmp_path / "a", env, "medium", "--policy", str(sac_run), "--seed", "5") == 0
+    assert make(tmp_path / "b", env, "medium", "--policy", str(tmp_path / "same.pt"), "--seed", "5") == 0
+    a = arrays(tmp_path / "a", datasets.dataset_id(env, "medium"))
+    b = arrays(tmp_path / "b", datasets.dataset_id(env, "medium"))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    capsys.readouterr()
+    assert make(tmp_path / "c", env, "medium-replay", "--policy", str(final)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a policy snapshot has no replay buffer" in err
+    report.archive([report.load_run(sac_run)], tmp_path / "arch")
+    kept = tmp_path / "arch" / report.archived(report.load_run(sac_run)) / "policies"
+    assert sorted(p.name for p in kept.iterdir()) == ["step200.pt", "step400.pt"]
 
 
 def test_medium_replay_is_the_runs_buffer(sac_run: Path, tmp_path: Path) -> None:

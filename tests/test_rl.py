@@ -309,6 +309,10 @@ def test_kill_9_and_resume_reproduce_the_uninterrupted_run(algo: str, tmp_path: 
     key = "actor" if algo == "diffsr" else "policy"
     for name, tensor in a[key].items():
         assert torch.equal(tensor, b[key][name]), name
+    if algo == "sac":  # the final policy snapshot (a dataset's behaviour policy) is the same too
+        sa, sb = (torch.load(d / "policies" / f"step{steps}.pt", weights_only=False)["agent"]["actor"]
+                  for d in (straight, killed))
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # ---- bad input: one line, exit status 2 ------------------------------------------------------------

@@ -189,7 +189,8 @@ def resolve_root(root: str | Path | None) -> Path:
 
 
 def read_policy(arg: str, role: str, env: str) -> Policy:
-    """A run folder (its checkpoint.pt) or a checkpoint file of a SAC run on ``env``."""
+    """A run folder (its checkpoint.pt), a checkpoint file, or a policy snapshot (policies/stepT.pt: the actor
+    alone, archived with the runs) of a SAC run on ``env``."""
     path = Path(arg)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -208,7 +209,7 @@ def read_policy(arg: str, role: str, env: str) -> Policy:
         raise DatasetError(f"--policy {arg}: a {identity.get('algo')!r} checkpoint, not SAC (diffrl train sac)")
     if identity.get("env") != env:
         raise DatasetError(f"--policy {arg}: trained on {identity.get('env')!r}, not on --env {env}")
-    if not {"policy", "buffer", "config"} <= set(agent):
+    if not ({"policy", "buffer", "config"} <= set(agent) or {"actor", "config"} <= set(agent)):
         raise DatasetError(f"--policy {arg}: the checkpoint holds no SAC agent state")
     return Policy(role, path, hashlib.sha256(data).hexdigest(), identity, state, agent)
 
@@ -230,11 +231,15 @@ def build_actor(policy: Policy, env: Any, seed: int) -> Any:
     from .sac import SB3SAC, SACConfig
 
     cfg = dict(policy.agent["config"])
-    cfg["buffer_size"] = max(1, len(policy.agent["buffer"]["rewards"]))
+    snapshot = "buffer" not in policy.agent
+    cfg["buffer_size"] = 1 if snapshot else max(1, len(policy.agent["buffer"]["rewards"]))
     with _global_rng_kept():
         try:
             agent = SB3SAC(env, SACConfig(**cfg), seed, device="cpu")
-            agent.load_state_dict(policy.agent)
+            if snapshot:
+                agent.load_actor_state(policy.agent)
+            else:
+                agent.load_state_dict(policy.agent)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise DatasetError(f"--policy {policy.path}: cannot rebuild its SAC policy on {policy.identity['env']} "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -297,6 +302,9 @@ def collect(env: Any, act: Callable[[np.ndarray], np.ndarray], size: int, seed: 
 
 def check_replay(policy: Policy, size: int | None) -> int:
     """The number of buffer rows a medium-replay dataset takes (the whole buffer unless ``size``)."""
+    if "buffer" not in policy.agent:
+        raise DatasetError(f"--policy {policy.path}: a policy snapshot has no replay buffer; medium-replay needs "
+                           "the run's checkpoint.pt")
     n, t = len(policy.agent["buffer"]["rewards"]), int(policy.state["t"])
     if n != t:
         raise DatasetError(f"--policy {policy.path}: its replay buffer holds {n} of the run's {t} transitions "

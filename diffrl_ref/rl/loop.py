@@ -46,6 +46,11 @@ DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac
                                                   "diffusion-ql": diffusion_ql.DOMAINS, "edp": edp.DOMAINS}
 
 
+#: Agents with ``actor_state`` (SAC) keep their actor every SNAPSHOT_EVERY steps and at the end, in
+#: policies/stepT.pt: the behaviour policies of the offline datasets (docs/offline.rst).
+SNAPSHOT_EVERY = 50_000
+
+
 class RunError(ValueError):
     """A run that cannot start or resume; the CLI prints it as one line."""
 
@@ -314,6 +319,16 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
                 tb.add_scalar(f"eval/{k}", v, st.t)
             return res
 
+        def snapshot() -> None:
+            """policies/stepT.pt: the actor alone with the run's identity and the evaluation at T, if any."""
+            at_t = last if st.t % cfg.eval_every == 0 else None  # the evaluation just made at T
+            payload = {"format": FORMAT, "identity": cfg.identity(), "state": {"t": st.t},
+                       "agent": agent.actor_state(), "eval": at_t}  # type: ignore[attr-defined]
+            (out / "policies").mkdir(exist_ok=True)
+            atomic_write(out / "policies" / f"step{st.t}.pt", lambda p: torch.save(payload, p))
+
+        snapshots = hasattr(agent, "actor_state")
+
         def checkpoint() -> None:
             payload = {"format": FORMAT, "identity": cfg.identity(), "state": dataclasses.asdict(st),
                        "agent": agent.state_dict(),
@@ -378,6 +393,8 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
                     last = evaluate()
                     bar.set_postfix(ret=f"{last['return_mean']:.1f}", succ=f"{last['success_rate']:.2f}")
                     window_start = time.perf_counter()  # evaluation is not training throughput
+                if snapshots and (st.t % SNAPSHOT_EVERY == 0 or st.t == cfg.steps):
+                    snapshot()  # rewritten identically if a resumed run passes T again (CPU runs are exact)
                 if boundary:
                     if not offline:
                         ep_log.add({"step": st.t, "episode": st.episode, "return": ret, "length": length,

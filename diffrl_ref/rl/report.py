@@ -326,6 +326,11 @@ def archive(runs: list[Run], out: Path) -> None:
                 shutil.copyfile(src, dst / name)
             else:  # e.g. done.json of a run that has since been extended
                 (dst / name).unlink(missing_ok=True)
+        snaps = sorted((run.path / "policies").glob("step*.pt"))
+        if snaps:  # SAC's actor snapshots: the offline datasets' behaviour policies travel with the logs
+            (dst / "policies").mkdir(exist_ok=True)
+            for src in snaps:
+                shutil.copyfile(src, dst / "policies" / src.name)
 
 
 # ---- two algorithms compared ------------------------------------------------------------------------------

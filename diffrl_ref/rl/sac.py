@@ -92,6 +92,13 @@ class SB3SAC:
                 "buffer": {"pos": buf.pos, "full": buf.full, **{k: getattr(buf, k)[:n].copy() for k in _BUFFER}},
                 "config": asdict(self.cfg)}
 
+    def actor_state(self) -> dict[str, Any]:
+        """The actor alone (a few hundred kB): what a policy snapshot keeps (a behaviour policy for datasets)."""
+        return {"actor": self.model.actor.state_dict(), "config": asdict(self.cfg)}
+
+    def load_actor_state(self, st: dict[str, Any]) -> None:
+        self.model.actor.load_state_dict(st["actor"])
+
     def load_state_dict(self, st: dict[str, Any]) -> None:
         m, buf = self.model, self.model.replay_buffer
         m.policy.load_state_dict(st["policy"])
