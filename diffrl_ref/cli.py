@@ -6,6 +6,8 @@
 ``diffrl docs``                 regenerate the per-clause docs pages from spec/
 ``diffrl bench [...]``          time the production path against the reference and diffusers
 ``diffrl train diffsr|sac ...``  train Diff-SR or SAC online on MuJoCo / MetaWorld (resumable)
+``diffrl train diffusion-ql|edp``  train Diffusion-QL or EDP offline on a dataset (resumable)
+``diffrl profile diffsr|sac ...``  where an online agent's training time goes (env, act, each update)
 ``diffrl sweep GRID.yaml --out DIR``  a grid of training runs as Ray tasks (resumable)
 ``diffrl plot RUN [RUN ...]``   learning curves and the results table of run folders
 ``diffrl dataset make|list``    offline datasets made with D4RL's recipe, in Minari's format
@@ -322,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("list", help="the datasets of a Minari root with kind, size, env and reference scores")
     dl.add_argument("--root", help="Minari root (default: MINARI_DATASETS_PATH, else ~/.minari/datasets)")
 
+    pr = sub.add_parser("profile", help="where an online agent's training time goes (env, act, each update)")
+    pr.add_argument("algo", choices=["diffsr", "sac"])
+    pr.add_argument("--env", required=True, help="Gymnasium MuJoCo v5 id or MetaWorld v3 task")
+    pr.add_argument("--steps", type=_positive, default=2000, help="learning steps timed (default: 2000)")
+    pr.add_argument("--learning-starts", type=_positive, default=1000,
+                    help="random steps first, not timed (default: 1000)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="agent hyperparameter")
+    pr.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
+    pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    pr.add_argument("--json", help="also write the result to this file")
+
     g = sub.add_parser("plot", help="learning curves and results table from run folders")
     g.add_argument("runs", nargs="+", help="run folders (grouped by environment and algorithm)")
     g.add_argument("--out", default="rl-out",
@@ -356,15 +370,43 @@ def _train_source(args: argparse.Namespace) -> tuple[str, str, str]:
     return env, args.dataset, str(root)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .rl import datasets, envs, gate, loop
-
+def _hp_pairs(items: list[str]) -> dict[str, str]:
     hp: dict[str, str] = {}
-    for item in args.hp:
+    for item in items:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise CliError(f"--hp expects NAME=VALUE, got {item!r}")
         hp[name] = value
+    return hp
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from .rl import envs, loop, profile
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: torch sees no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        res = profile.run(args.algo, args.env, args.steps, args.learning_starts, args.seed, _hp_pairs(args.hp),
+                          args.device)
+    except (loop.RunError, envs.EnvError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"profile: {args.algo} on {args.env}, {args.steps} learning steps, {res['steps_per_s']:.2f} steps/s "
+          f"({res['threads']} threads, {args.device})")
+    for phase, share in res["shares"].items():
+        print(f"  {phase:<40} {100 * share:5.1f} %")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .rl import datasets, envs, gate, loop
+
+    hp = _hp_pairs(args.hp)
     try:
         import torch
 
@@ -497,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "plot":
             return cmd_plot(args)
+        if args.command == "profile":
+            return cmd_profile(args)
         if args.command == "sweep":
             return cmd_sweep(args)
         if args.command == "dataset":

@@ -28,7 +28,7 @@ pytest.importorskip("stable_baselines3")
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import diffsr as F  # noqa: E402
 from diffrl_ref.rl import diffsr as agent_mod  # noqa: E402
-from diffrl_ref.rl import envs, gate, loop  # noqa: E402
+from diffrl_ref.rl import envs, gate, loop, profile  # noqa: E402
 from diffrl_ref.rl.diffsr import DiffSRAgent, DiffSRConfig, TanhGaussianActor, level_schedule  # noqa: E402
 
 RL = Path(agent_mod.__file__).parent
@@ -482,3 +482,25 @@ def test_skip_conformance_is_recorded(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["skip_conformance"] is False
     assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 400)) == 0  # resumed with --skip-conformance
     assert json.loads((out / "config.json").read_text())["skip_conformance"] is True
+
+
+# ---- diffrl profile ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ["diffsr", "sac"])
+def test_profile_shares_cover_the_learning_phase(algo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The phases are disjoint and cover every timed step: shares in [0, 1] summing to 1; the updates and the
+    environment take time; the agent's own functions were called (wrapped, not replaced)."""
+    out = tmp_path / "p.json"
+    assert cli.main(["profile", algo, "--env", "InvertedPendulum-v5", "--steps", "60", "--learning-starts", "40",
+                     "--hp", "batch_size=16", "--threads", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    shares = res["shares"]
+    assert list(shares) == list(profile.PHASES[algo])
+    assert all(0.0 <= v <= 1.0 for v in shares.values()) and sum(shares.values()) == pytest.approx(1.0)
+    updates = [p for p in shares if p not in ("env", "act", "observe", "other")]
+    assert all(shares[p] > 0 for p in [*updates, "env", "act"])
+    assert res["steps"] == 60 and res["steps_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert f"profile: {algo} on InvertedPendulum-v5" in printed and "%" in printed
+    assert cli.main(["profile", algo, "--env", "NoSuchEnv-v0", "--steps", "5"]) == 2
