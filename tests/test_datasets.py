@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,28 @@ def test_policy_snapshots_are_behaviour_policies(sac_run: Path, tmp_path: Path,
     report.archive([report.load_run(sac_run)], tmp_path / "arch")
     kept = tmp_path / "arch" / report.archived(report.load_run(sac_run)) / "policies"
     assert sorted(p.name for p in kept.iterdir()) == ["step200.pt", "step400.pt"]
+
+
+def test_a_run_folder_without_checkpoint_gives_its_last_snapshot(sac_run: Path, tmp_path: Path) -> None:
+    """A run that ended mid-episode before its first checkpoint: the folder stands for its final actor."""
+    env, folder = "InvertedPendulum-v5", tmp_path / "run"
+    shutil.copytree(sac_run, folder, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    assert datasets.read_policy(str(folder), "medium", env).path == folder / "policies" / "step400.pt"
+    assert make(tmp_path / "a", env, "medium", "--policy", str(folder), "--seed", "5") == 0
+    assert make(tmp_path / "b", env, "medium", "--policy", str(folder / "policies" / "step400.pt"), "--seed", "5") == 0
+    a, b = (arrays(tmp_path / x, datasets.dataset_id(env, "medium")) for x in ("a", "b"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_relative_root_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--out datasets (relative): Minari 0.5.4 doubles a relative root into its paths unless it is made absolute."""
+    monkeypatch.chdir(tmp_path)
+    assert make(Path("rel"), "InvertedPendulum-v5", "random") == 0
+    assert len(datasets.load_transitions(datasets.dataset_id("InvertedPendulum-v5", "random"), "rel")) == 300
+    capsys.readouterr()
+    assert cli.main(["dataset", "list", "--root", "rel"]) == 0
+    assert "random" in capsys.readouterr().out
 
 
 def test_medium_replay_is_the_runs_buffer(sac_run: Path, tmp_path: Path) -> None:

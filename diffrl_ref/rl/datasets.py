@@ -164,7 +164,8 @@ def dataset_id(env: str, kind: str) -> str:
 def minari_root(root: Path) -> Iterator[None]:
     """Minari reads its root from ``MINARI_DATASETS_PATH`` at every call: set it for the block only."""
     old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    # absolute: Minari 0.5.4 joins a relative root into its own paths twice (a relative --out failed to write)
+    os.environ["MINARI_DATASETS_PATH"] = str(Path(root).absolute())
     try:
         yield
     finally:
@@ -189,13 +190,15 @@ def resolve_root(root: str | Path | None) -> Path:
 
 
 def read_policy(arg: str, role: str, env: str) -> Policy:
-    """A run folder (its checkpoint.pt), a checkpoint file, or a policy snapshot (policies/stepT.pt: the actor
-    alone, archived with the runs) of a SAC run on ``env``."""
+    """A run folder (its checkpoint.pt, else its last policy snapshot), a checkpoint file, or a policy snapshot
+    (policies/stepT.pt: the actor alone, archived with the runs) of a SAC run on ``env``."""
     path = Path(arg)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        # a run that ended mid-episode before its first checkpoint has its final actor as a snapshot only
+        snaps = sorted(path.glob("policies/step*.pt"), key=lambda q: int(q.stem.removeprefix("step")))
+        path = path / "checkpoint.pt" if (path / "checkpoint.pt").is_file() or not snaps else snaps[-1]
     if not path.is_file():
-        raise DatasetError(f"--policy {arg}: no such checkpoint file or run folder with checkpoint.pt")
+        raise DatasetError(f"--policy {arg}: no such checkpoint file or run folder with checkpoint.pt or policies/")
     try:
         data = path.read_bytes()
         ck = torch.load(path, map_location="cpu", weights_only=False)
