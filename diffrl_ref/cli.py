@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("dataset", help="offline datasets made here with D4RL's recipe, in Minari's format")
     dsub = ds.add_subparsers(dest="action", required=True)
     dm = dsub.add_parser("make", help="make diffrl/<env>/<kind>-v0 in a Minari root (diffrl_ref/rl/datasets.py)")
-    dm.add_argument("--env", required=True, help="Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task")
+    dm.add_argument("--env", required=True, help="Gymnasium id (HalfCheetah-v5, ...), MetaWorld v3 task, or "
+                                                 "Multi-Agent MuJoCo partition (HalfCheetah-2x3, Hopper-3x1, Ant-2x4)")
     dm.add_argument("--kind", required=True, help="random, medium, medium-replay, expert or medium-expert")
     dm.add_argument("--out", required=True, metavar="ROOT", help="the Minari root (MINARI_DATASETS_PATH) to write to")
     dm.add_argument("--size", type=_count, metavar="N",

@@ -96,7 +96,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import envs
+from . import envs, marl
 
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 #: the --policy arguments each kind takes, in order
@@ -348,14 +348,110 @@ def replay_episodes(policy: Policy, env: Any, size: int | None) -> tuple[list[An
     return episodes, n
 
 
+# ---- multi-agent -------------------------------------------------------------------------------
+
+
+def joint_episodes(name: str, episodes: list[Any], space: Any) -> tuple[list[Any], Any, dict[str, Any]]:
+    """Single-agent episodes of a partition's task as joint ones: each observation row becomes a dict of the
+    single-agent observation (``state``) and every agent's local view of it; actions stay the joint action.
+    Returns the episodes, their observation space and the layout recorded in the provenance."""
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    env = marl.make(name)
+    ds, da = space.shape[0], episodes[0].actions.shape[1]
+    views, acts = marl.view_indices(env, ds), marl.action_indices(env, da)
+    low, high = space.low, space.high
+    obs_space = gym.spaces.Dict({"state": space, **{
+        k: gym.spaces.Box(low=low[i], high=high[i], shape=(len(i),), dtype=np.float32) for k, i in views.items()}})
+    out = []
+    for e in episodes:
+        obs = np.asarray(e.observations, dtype=np.float32)
+        out.append(EpisodeBuffer(seed=e.seed, observations={"state": obs, **{k: obs[:, i] for k, i in views.items()}},
+                                 actions=e.actions, rewards=e.rewards, terminations=e.terminations,
+                                 truncations=e.truncations))
+    layout = {"partition": name, "task": marl.PARTITIONS[name].single, "agents": list(views),
+              "local_view": {k: i.tolist() for k, i in views.items()},
+              "action_split": {k: i.tolist() for k, i in acts.items()},
+              "how": "observations['state'] is the single-agent observation, observations[agent] its local view "
+                     "(entries local_view[agent] of it); actions are joint, agent k acts on entries action_split[k]"}
+    return out, obs_space, layout
+
+
+@dataclass(frozen=True)
+class JointTransitions:
+    """A multi-agent dataset's transitions: the single-agent state, each agent's local observation, joint actions
+    in [-1, 1]^da with each agent's entries, team rewards (float32 arrays, N rows, episodes in order)."""
+
+    dataset_id: str
+    env: str  # the partition, e.g. HalfCheetah-2x3
+    agents: list[str]
+    state: np.ndarray
+    next_state: np.ndarray
+    observations: dict[str, np.ndarray]
+    next_observations: dict[str, np.ndarray]
+    actions: np.ndarray
+    action_split: dict[str, np.ndarray]
+    rewards: np.ndarray
+    terminals: np.ndarray
+    ref_min_score: float | None
+    ref_max_score: float | None
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def load_joint(dataset_id: str, root: Path | str) -> JointTransitions:
+    """A multi-agent dataset made by ``diffrl dataset make --env PARTITION``, read with ``minari.load_dataset``."""
+    import minari
+
+    _check_root(root)
+    with minari_root(Path(root)):
+        try:
+            ds = minari.load_dataset(dataset_id)
+        except (FileNotFoundError, ValueError) as exc:
+            raise DatasetError(f"no dataset {dataset_id} in {root} ({str(exc).splitlines()[0]})") from None
+        meta = ds.storage.metadata
+        layout = (meta.get(PROVENANCE) or {}).get("multi_agent")
+        if not layout:
+            raise DatasetError(f"dataset {dataset_id} is single-agent: read it with load_transitions")
+        agents = list(layout["agents"])
+        obs: dict[str, list[np.ndarray]] = {k: [] for k in ["state", *agents]}
+        nxt: dict[str, list[np.ndarray]] = {k: [] for k in ["state", *agents]}
+        acts, rews, terms = [], [], []
+        for ep in ds.iterate_episodes():
+            for k in obs:
+                o = np.asarray(ep.observations[k], dtype=np.float32)
+                obs[k].append(o[:-1])
+                nxt[k].append(o[1:])
+            acts.append(np.asarray(ep.actions, dtype=np.float32))
+            rews.append(np.asarray(ep.rewards, dtype=np.float32))
+            terms.append(np.asarray(ep.terminations, dtype=np.float32))
+        space = ds.action_space
+    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+    actions = np.concatenate(acts)
+    if not (np.all(low == -1) and np.all(high == 1)):  # back to the agents' [-1, 1]
+        actions = np.clip(2.0 * (actions - low) / (high - low) - 1.0, -1.0, 1.0).astype(np.float32)
+    cat = {k: np.concatenate(v) for k, v in obs.items()}
+    cat_next = {k: np.concatenate(v) for k, v in nxt.items()}
+    ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
+    return JointTransitions(dataset_id, str(layout["partition"]), agents, cat.pop("state"), cat_next.pop("state"),
+                            cat, cat_next, actions, {k: np.asarray(v, np.int64) for k, v in
+                                                     layout["action_split"].items()},
+                            np.concatenate(rews), np.concatenate(terms),
+                            float(ref_min) if ref_min is not None else None,
+                            float(ref_max) if ref_max is not None else None)
+
+
 # ---- metadata ---------------------------------------------------------------------------------
 
 
-def versions(env: str) -> dict[str, str]:
+def versions(env: str, multi_agent: bool = False) -> dict[str, str]:
     from .. import __version__
 
     out = {}
-    for p in _PACKAGES + (("metaworld",) if envs.is_metaworld(env) else ()):
+    for p in _PACKAGES + (("metaworld",) if envs.is_metaworld(env) else ()) + \
+            (("gymnasium-robotics", "pettingzoo") if multi_agent else ()):
         try:
             out[p] = __version__ if p == "diffrl-ref" else importlib.metadata.version(p)
         except importlib.metadata.PackageNotFoundError:
@@ -407,8 +503,12 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
          progress: bool = True) -> Made:
     """Make dataset ``kind`` of ``env`` in the Minari root ``root`` (see the module docstring)."""
     # ---- every check before anything is written
+    # A Multi-Agent MuJoCo partition is collected on its single-agent task, which it equals bit for bit
+    # (tests/test_marl.py); each row then also gets every agent's local view of the observation.
+    part = marl.PARTITIONS.get(env)
+    task = part.single if part else env
     try:
-        envs.check_name(env)
+        envs.check_name(task)
     except envs.EnvError as exc:
         raise DatasetError(str(exc)) from None
     if kind not in KINDS:
@@ -441,11 +541,11 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
         import h5py  # noqa: F401 - Minari's hdf5 format
     except ImportError:
         raise DatasetError("diffrl dataset needs h5py for Minari's hdf5 format: pip install 'diffrl-ref[rl]'") from None
-    loaded = [read_policy(arg, role, env) for arg, role in zip(policies, roles, strict=True)]
+    loaded = [read_policy(arg, role, task) for arg, role in zip(policies, roles, strict=True)]
     if kind == "medium-replay":
         check_replay(loaded[0], size)
     try:
-        collect_env = envs.make(env, seed)
+        collect_env = envs.make(task, seed)
     except envs.EnvError as exc:
         raise DatasetError(str(exc)) from None
     per_policy = DEFAULT_SIZE if size is None and kind != "medium-replay" else size
@@ -454,12 +554,12 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
 
     # ---- reference returns and policy evaluations
     da = collect_env.action_space.shape[0]
-    random_eval = evaluate(random_actor(seed, da, 2), env, seed, eval_episodes)
+    random_eval = evaluate(random_actor(seed, da, 2), task, seed, eval_episodes)
     actors, records = {}, []
     for p in loaded:
         actor = build_actor(p, collect_env, seed)
         actors[p.role] = actor
-        records.append(_policy_record(p, evaluate(policy_actor(actor, True), env, seed, eval_episodes)))
+        records.append(_policy_record(p, evaluate(policy_actor(actor, True), task, seed, eval_episodes)))
     ref_min = float(random_eval["return_mean"])
     ref_max = expert_return if "expert" not in roles else next(
         float(r["evaluation"]["return_mean"]) for r in records if r["role"] == "expert")
@@ -507,11 +607,12 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
                "--eval-episodes", str(eval_episodes)] + (["--size", str(size)] if size is not None else []) + \
         (["--policy", *policies] if policies else []) + \
         (["--expert-return", repr(expert_return)] if expert_return is not None else [])
-    vers = versions(env)
+    vers = versions(task, multi_agent=part is not None)
     requirements = [f"{p}=={vers[p]}" for p in ("gymnasium", "mujoco", "metaworld") if p in vers
                     and vers[p] != "not installed"]
     provenance = {
-        "format": FORMAT, "kind": kind, "env": env, "max_episode_steps": getattr(collect_env.spec,
+        "format": FORMAT, "kind": kind, "env": env, **({"task": task} if part else {}),
+        "max_episode_steps": getattr(collect_env.spec,
                                                                                   "max_episode_steps", None),
         "seed": seed, "size": transitions, "episodes": len(episodes),
         "size_per_policy": per_policy if kind == "medium-expert" else None,
@@ -527,8 +628,11 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
     space = collect_env.observation_space
     import gymnasium as gym
 
-    obs_space = gym.spaces.Box(low=space.low.astype(np.float32), high=space.high.astype(np.float32),
-                               shape=space.shape, dtype=np.float32)
+    obs_space: Any = gym.spaces.Box(low=space.low.astype(np.float32), high=space.high.astype(np.float32),
+                                    shape=space.shape, dtype=np.float32)
+    if part:
+        episodes, obs_space, layout = joint_episodes(env, episodes, obs_space)
+        provenance["multi_agent"] = layout
 
     # ---- write in a hidden folder of the root, rename onto the id at the end
     root.mkdir(parents=True, exist_ok=True)
@@ -537,7 +641,8 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
         with minari_root(tmp), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari warns about the author fields, which are not set
             ds = minari.create_dataset_from_buffers(
-                ds_id, episodes, env=collect_env, algorithm_name=algorithm, code_permalink=code_permalink(),
+                ds_id, episodes, env=None if part else collect_env, algorithm_name=algorithm,
+                code_permalink=code_permalink(),
                 observation_space=obs_space, action_space=collect_env.action_space, description=description,
                 data_format="hdf5", requirements=requirements)
             ds.storage.update_metadata({"ref_min_score": ref_min, "num_episodes_average_score": eval_episodes,
@@ -590,6 +695,8 @@ def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
             raise DatasetError(f"no dataset {dataset_id} in {root} ({str(exc).splitlines()[0]})") from None
         meta = ds.storage.metadata
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("o", "a", "r", "n", "t")}
+        if (meta.get(PROVENANCE) or {}).get("multi_agent"):
+            raise DatasetError(f"dataset {dataset_id} is multi-agent: read it with load_joint")
         for ep in ds.iterate_episodes():
             o = np.asarray(ep.observations, dtype=np.float32)
             parts["o"].append(o[:-1])

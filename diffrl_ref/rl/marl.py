@@ -9,6 +9,8 @@ partitioned task (issue 20's datasets).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +47,9 @@ def make(name: str) -> Any:
     """The PettingZoo parallel env of partition ``name`` (reset it with a seed)."""
     p = partition(name)
     try:
-        with warnings.catch_warnings():  # gymnasium-robotics warns about Adroit's reward versions on import
+        # gymnasium-robotics prints a notice about Adroit's reward versions when imported: not ours to show
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             from gymnasium_robotics import mamujoco_v1
     except ImportError:
@@ -69,6 +73,27 @@ def local_observations(env: Any, state: np.ndarray) -> dict[str, np.ndarray]:
     """Each agent's local observation of a single-agent observation (what it sees in decentralised execution)."""
     out: dict[str, np.ndarray] = env.unwrapped.map_global_state_to_local_observations(state)
     return out
+
+
+def _gather(mapped: dict[str, np.ndarray], n: int, what: str) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in mapped.items():
+        idx = np.asarray(v)
+        if not (np.all(idx == np.round(idx)) and np.all((idx >= 0) & (idx < n))):
+            raise MarlError(f"the partition's {what} is not a selection of entries; its map cannot be vectorised")
+        out[k] = idx.astype(np.int64)
+    return out
+
+
+def view_indices(env: Any, state_dim: int) -> dict[str, np.ndarray]:
+    """Per agent, the entries of the single-agent observation that make its local observation (the env's own
+    map applied to 0, 1, ..., so that ``state[:, idx]`` gives every row's local view at once)."""
+    return _gather(local_observations(env, np.arange(state_dim, dtype=np.float64)), state_dim, "local view")
+
+
+def action_indices(env: Any, action_dim: int) -> dict[str, np.ndarray]:
+    """Per agent, its entries of the joint action (the env's own map applied to 0, 1, ...)."""
+    return _gather(local_actions(env, np.arange(action_dim, dtype=np.float64)), action_dim, "action split")
 
 
 def equivalence(name: str, seed: int, steps: int) -> dict[str, Any]:
