@@ -403,14 +403,7 @@ class JointTransitions:
 
 def load_joint(dataset_id: str, root: Path | str) -> JointTransitions:
     """A multi-agent dataset made by ``diffrl dataset make --env PARTITION``, read with ``minari.load_dataset``."""
-    import minari
-
-    _check_root(root)
-    with minari_root(Path(root)):
-        try:
-            ds = minari.load_dataset(dataset_id)
-        except (FileNotFoundError, ValueError) as exc:
-            raise DatasetError(f"no dataset {dataset_id} in {root} ({str(exc).splitlines()[0]})") from None
+    with _opened(dataset_id, root) as ds:
         meta = ds.storage.metadata
         layout = (meta.get(PROVENANCE) or {}).get("multi_agent")
         if not layout:
@@ -427,11 +420,7 @@ def load_joint(dataset_id: str, root: Path | str) -> JointTransitions:
             acts.append(np.asarray(ep.actions, dtype=np.float32))
             rews.append(np.asarray(ep.rewards, dtype=np.float32))
             terms.append(np.asarray(ep.terminations, dtype=np.float32))
-        space = ds.action_space
-    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
-    actions = np.concatenate(acts)
-    if not (np.all(low == -1) and np.all(high == 1)):  # back to the agents' [-1, 1]
-        actions = np.clip(2.0 * (actions - low) / (high - low) - 1.0, -1.0, 1.0).astype(np.float32)
+        actions = _agents_scale(np.concatenate(acts), ds.action_space)
     cat = {k: np.concatenate(v) for k, v in obs.items()}
     cat_next = {k: np.concatenate(v) for k, v in nxt.items()}
     ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
@@ -683,8 +672,9 @@ def _check_root(root: Path | str) -> None:
         raise DatasetError(f"Minari root {root}: no such folder")
 
 
-def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
-    """The dataset's transitions, read with ``minari.load_dataset`` from the root ``root``."""
+@contextlib.contextmanager
+def _opened(dataset_id: str, root: Path | str) -> Iterator[Any]:
+    """The Minari dataset ``dataset_id`` of the root ``root``, read within the block."""
     import minari
 
     _check_root(root)
@@ -693,6 +683,21 @@ def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
             ds = minari.load_dataset(dataset_id)
         except (FileNotFoundError, ValueError) as exc:
             raise DatasetError(f"no dataset {dataset_id} in {root} ({str(exc).splitlines()[0]})") from None
+        yield ds
+
+
+def _agents_scale(actions: np.ndarray, space: Any) -> np.ndarray:
+    """Actions of the env's action space in the agents' [-1, 1]."""
+    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+    if np.all(low == -1) and np.all(high == 1):
+        return actions
+    out: np.ndarray = np.clip(2.0 * (actions - low) / (high - low) - 1.0, -1.0, 1.0).astype(np.float32)
+    return out
+
+
+def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
+    """The dataset's transitions, read with ``minari.load_dataset`` from the root ``root``."""
+    with _opened(dataset_id, root) as ds:
         meta = ds.storage.metadata
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("o", "a", "r", "n", "t")}
         if (meta.get(PROVENANCE) or {}).get("multi_agent"):
@@ -704,11 +709,7 @@ def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
             parts["a"].append(np.asarray(ep.actions, dtype=np.float32))
             parts["r"].append(np.asarray(ep.rewards, dtype=np.float32))
             parts["t"].append(np.asarray(ep.terminations, dtype=np.float32))
-        space = ds.action_space
-    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
-    actions = np.concatenate(parts["a"])
-    if not (np.all(low == -1) and np.all(high == 1)):  # back to the agents' [-1, 1]
-        actions = np.clip(2.0 * (actions - low) / (high - low) - 1.0, -1.0, 1.0).astype(np.float32)
+        actions = _agents_scale(np.concatenate(parts["a"]), ds.action_space)
     prov = meta.get(PROVENANCE) or {}
     env = prov.get("env") or json.loads(meta.get("env_spec") or "{}").get("id", "")
     ref_max = meta.get("ref_max_score")

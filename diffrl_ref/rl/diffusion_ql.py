@@ -66,9 +66,8 @@ class DiffusionQLConfig:
 
     def for_dataset(self, dataset_id: str, overridden: set[str]) -> DiffusionQLConfig:
         """The official table's row for the dataset's family, where --hp did not set a value ('auto')."""
-        family = family_of(dataset_id) if self.family == "auto" else self.family
-        row: dict[str, Any] = {k: v for k, v in FAMILIES.get(family or "", {}).items() if k not in overridden}
-        return replace(self, **row)
+        out: DiffusionQLConfig = with_family_row(self, FAMILIES, dataset_id, overridden)
+        return out
 
 
 #: The official code's per-dataset values (main.py ``hyperparameters``) for the D4RL locomotion sets, by
@@ -119,6 +118,13 @@ HYPERPARAMETERS: dict[str, str] = {
     "eval_samples": "official code (sample_action: 50 candidate actions, drawn by softmax of the target Q)",
     "max_action": "D4RL / MuJoCo v5 action bound (1.0)",
 }
+
+
+def with_family_row(cfg: Any, families: dict[str, dict[str, float]], dataset_id: str, overridden: set[str]) -> Any:
+    """``cfg`` with its family's row of an official per-dataset table, except the values --hp set."""
+    family = family_of(dataset_id) if cfg.family == "auto" else cfg.family
+    row: dict[str, Any] = {k: v for k, v in families.get(family or "", {}).items() if k not in overridden}
+    return replace(cfg, **row)
 
 
 def family_of(dataset_id: str) -> str | None:

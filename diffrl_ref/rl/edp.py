@@ -43,7 +43,7 @@ from ..fast.nets import DiffusionQLNet
 from ..fast.schedule import Schedule
 from .datasets import Transitions
 from .diffusion_ql import FAMILIES as DQL_FAMILIES
-from .diffusion_ql import DatasetSampler, DoubleCritic, family_of
+from .diffusion_ql import DatasetSampler, DoubleCritic, with_family_row
 from .domains import DISCOUNT, NON_NEGATIVE, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
 
 
@@ -80,9 +80,8 @@ class EDPConfig:
 
     def for_dataset(self, dataset_id: str, overridden: set[str]) -> EDPConfig:
         """The official table's gradient clip for the dataset's family, where --hp did not set it."""
-        family = family_of(dataset_id) if self.family == "auto" else self.family
-        row: dict[str, Any] = {k: v for k, v in FAMILIES.get(family or "", {}).items() if k not in overridden}
-        return replace(self, **row)
+        out: EDPConfig = with_family_row(self, FAMILIES, dataset_id, overridden)
+        return out
 
 
 #: sail-sg/edp diffusion/hps.py: the gradient clip ``gn`` per D4RL locomotion set. Its values are those of
