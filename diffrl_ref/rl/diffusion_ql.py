@@ -174,7 +174,38 @@ class DatasetSampler:
         return self.s[idx], self.a[idx], self.r[idx], self.s_next[idx], self.done[idx]
 
 
-class DiffusionQLAgent:
+class OfflineAgent:
+    """What the offline agents share: no ``observe``, and a checkpoint of ``modules()``, the step and the config."""
+
+    cfg: Any
+    steps: int
+
+    def modules(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def observe(self, s: np.ndarray, a: np.ndarray, r: float, s_next: np.ndarray, terminated: bool) -> None:
+        raise RuntimeError("an offline agent learns from its dataset only")
+
+    def state_dict(self) -> dict[str, Any]:
+        st: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
+        st["steps"] = self.steps
+        st["config"] = asdict(self.cfg)
+        return st
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(st[k])
+        self.steps = int(st["steps"])
+
+
+def select_by_q(candidates: Tensor, q: Tensor) -> np.ndarray:
+    """One of the candidate actions (n, da), drawn with probabilities softmax(q) (the official action selection)."""
+    i = torch.multinomial(torch.softmax(q, dim=0), 1)
+    out: np.ndarray = candidates[i[0]].cpu().numpy()
+    return out
+
+
+class DiffusionQLAgent(OfflineAgent):
     """Offline Diffusion-QL; ``act`` and ``update`` are the loop's interface (``observe`` is not used offline)."""
 
     name = "diffusion-ql"
@@ -216,13 +247,8 @@ class DiffusionQLAgent:
             x = torch.as_tensor(s, dtype=torch.float32, device=self.device).unsqueeze(0)
             x = x.expand(self.cfg.eval_samples, -1)
             a = self.sample(self.policy, x)
-            q = torch.amin(self.critic_target(x, a), dim=0)
-            i = torch.multinomial(torch.softmax(q, dim=0), 1)
-        out: np.ndarray = a[i[0]].cpu().numpy()
-        return out
+            return select_by_q(a, torch.amin(self.critic_target(x, a), dim=0))
 
-    def observe(self, s: np.ndarray, a: np.ndarray, r: float, s_next: np.ndarray, terminated: bool) -> None:
-        raise RuntimeError("an offline agent learns from its dataset only")
 
     def update(self) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -286,13 +312,4 @@ class DiffusionQLAgent:
                 "policy_opt": self.policy_opt, "critic_opt": self.critic_opt, "policy_lr": self.policy_lr,
                 "critic_lr": self.critic_lr}
 
-    def state_dict(self) -> dict[str, Any]:
-        st: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
-        st["steps"] = self.steps
-        st["config"] = asdict(self.cfg)
-        return st
 
-    def load_state_dict(self, st: dict[str, Any]) -> None:
-        for k, m in self.modules().items():
-            m.load_state_dict(st[k])
-        self.steps = int(st["steps"])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ from ..fast.nets import DiffusionQLNet
 from ..fast.schedule import Schedule
 from .datasets import Transitions
 from .diffusion_ql import FAMILIES as DQL_FAMILIES
-from .diffusion_ql import DatasetSampler, DoubleCritic, with_family_row
+from .diffusion_ql import DatasetSampler, DoubleCritic, OfflineAgent, select_by_q, with_family_row
 from .domains import DISCOUNT, NON_NEGATIVE, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
 
 
@@ -181,7 +181,7 @@ class SharedCall:
         return out
 
 
-class EDPAgent:
+class EDPAgent(OfflineAgent):
     """Offline EDP (IQL form); ``act`` and ``update`` are the loop's interface."""
 
     name = "edp"
@@ -219,13 +219,8 @@ class EDPAgent:
             x = torch.as_tensor(s, dtype=torch.float32, device=self.device).unsqueeze(0)
             x = x.expand(self.cfg.eval_samples, -1)
             a = self.sample(x)
-            q = torch.amin(self.critic(x, a), dim=0)
-            i = torch.multinomial(torch.softmax(q, dim=0), 1)
-        out: np.ndarray = a[i[0]].cpu().numpy()
-        return out
+            return select_by_q(a, torch.amin(self.critic(x, a), dim=0))
 
-    def observe(self, s: np.ndarray, a: np.ndarray, r: float, s_next: np.ndarray, terminated: bool) -> None:
-        raise RuntimeError("an offline agent learns from its dataset only")
 
     def _clip(self, *modules: nn.Module) -> None:
         if self.cfg.grad_norm > 0:
@@ -287,13 +282,3 @@ class EDPAgent:
                 "value": self.value, "policy_opt": self.policy_opt, "critic_opt": self.critic_opt,
                 "value_opt": self.value_opt}
 
-    def state_dict(self) -> dict[str, Any]:
-        st: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
-        st["steps"] = self.steps
-        st["config"] = asdict(self.cfg)
-        return st
-
-    def load_state_dict(self, st: dict[str, Any]) -> None:
-        for k, m in self.modules().items():
-            m.load_state_dict(st[k])
-        self.steps = int(st["steps"])
