@@ -1,7 +1,8 @@
 #!/bin/bash
 # The measurements to take when an accelerator is lent, in one short script (about 8 minutes of device time):
 # CUDA conformance in float32 and bfloat16, `diffrl bench --device cuda` (including the CUDA-graph-captured
-# DDIM loop at batch 1 and 5 steps), and Diff-SR's training throughput on CUDA against CPU (HalfCheetah, Humanoid).
+# DDIM loop at batch 1 and 5 steps), Diff-SR's training throughput on CUDA against CPU (HalfCheetah, Humanoid),
+# and the offline agents' gradient steps/s on CUDA (docs/offline/edp_speed.py).
 # Everything goes to $OUT (default docs/bench/cuda); commit that folder with the date, machine and versions.
 # Usage (on the GPU machine, from the repository root, with the rl extra installed):
 #   OUT=docs/bench/cuda bash docs/bench/gpu_check.sh
@@ -22,6 +23,9 @@ for env in HalfCheetah-v5 Humanoid-v5; do
       --eval-every 3000 --eval-episodes 1 --device "$dev" --out "$OUT/runs/$env/diffsr-$dev/seed0" --no-progress
   done
 done
+# offline agents: Diffusion-QL (K = 5, K = 1000) and EDP (K = 1000) gradient steps/s and act latency on CUDA
+mkdir -p "$OUT/offline"
+run edp-speed-cuda 150 python3 docs/offline/edp_speed.py --device cuda --rounds 2 --out "$OUT/offline"
 python3 - "$OUT" <<'PY' > "$OUT/summary.txt"
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
