@@ -215,14 +215,20 @@ def parse_steps(rst: str) -> list[int]:
     return [round(float(c[:-1]) * scale[c[-1]]) if c[-1] in scale else int(c) for c in cells]
 
 
-BATCHES = sorted(p.parent for p in (Path(__file__).parent.parent / "docs" / "rl").glob("*/runs"))
+DOCS = Path(__file__).parent.parent / "docs"
+BATCHES = sorted(p.parent for p in [*(DOCS / "rl").glob("*/runs"), *(DOCS / "offline").glob("*/runs")])
+
+
+def archived_runs(root: Path) -> list[Path]:
+    """Every run folder under an archive: ENV/NAME/seedS, where an offline run's ENV is its dataset id (a/b/c)."""
+    return sorted(c.parent for c in root.rglob("seed*/config.json"))
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=[b.name for b in BATCHES])
 def test_committed_results_match_their_logs(batch: Path, tmp_path: Path) -> None:
     """Each results table in docs/rl that ships its logs is exactly what ``diffrl plot`` makes of them."""
     rst = (batch / "results.rst").read_text()
-    report.main(sorted((batch / "runs").glob("*/*/seed*")), tmp_path / "out", parse_steps(rst))
+    report.main(archived_runs(batch / "runs"), tmp_path / "out", parse_steps(rst))
     assert (tmp_path / "out" / "results.rst").read_text() == rst
     regenerated = json.loads((tmp_path / "out" / "results.json").read_text())
     assert regenerated == json.loads((batch / "results.json").read_text())

@@ -189,7 +189,11 @@ def archived(run: Run) -> Path:
 
 
 def label(run: Run) -> str:
-    return LABELS.get(run.algo, run.algo) + (f": {run.path.parent.name}" if run.hp else "")
+    """The algorithm, and for a variant the name of its archive folder (the sweep layout's NAME, else
+    ALGO-overrides), so that a table regenerated from its archive reads the same."""
+    if not run.hp:
+        return LABELS.get(run.algo, run.algo)
+    return f"{LABELS.get(run.algo, run.algo)}: {archived(run).parent.name}"
 
 
 def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
