@@ -40,6 +40,29 @@ What it does, step by step:
   from it; log rows after its step are dropped and redone. ``model.d3`` beside it is the same learnable
   for ``d3rlpy.load_learnable``.
 
+Multi-agent datasets (issue 20, item 6), made by ``diffrl dataset make --env HalfCheetah-2x3 ...``: their
+observations are a dict of the single-agent observation (``state``) and each agent's local view of it, and
+the provenance's ``multi_agent`` names the agents, each agent's ``local_view`` (entries of the state) and
+``action_split`` (entries of the joint action) and the ``task`` (the partition's single-agent v5 task). On
+such a dataset the script trains one independent d3rlpy learner per agent (independent BC, TD3+BC, IQL or
+CQL, the usual baselines of offline multi-agent RL):
+
+* Agent j's ``MDPDataset`` (:func:`per_agent`) holds its own local observations o_j, its own action entries
+  ``a[:, action_split[j]]``, the team reward and the same terminals and timeouts. All agents use the same
+  algorithm and hyperparameters; agent j's learner is built after ``d3rlpy.seed(agent_seed(seed, j))`` and
+  draws its minibatches and noise from its own copy of d3rlpy's global generators (swapped in around its
+  step), so it trains exactly as a single-agent run on its own dataset with that seed would.
+* Evaluation is decentralised, in the task (``envs.make(task, ...)``: dynamics and reward equal the
+  partition's bit for bit, ``diffrl_ref.rl.marl.equivalence``), as ``diffrl train`` evaluates its multi-agent
+  agents: the joint action is assembled from every agent's ``algo.predict`` on its own local view
+  ``state[local_view[j]]`` placed at ``action_split[j]`` (:func:`joint_action`).
+* ``train.csv``'s losses are the agents' means; ``d3rlpy_losses.csv`` has every agent's losses as
+  ``AGENT/NAME``; ``checkpoint.pkl`` holds every agent's learnable, step counter and generators, and
+  ``model-AGENT.d3`` each agent's learnable. The run's ``env`` is the partition (as ``diffrl train``'s) and
+  its algorithm ``d3rlpy-ALGO``, as for one agent: the dataset id tells them apart.
+
+:func:`load_policy` rebuilds a run folder's (joint) greedy policy from its checkpoint.
+
 Bad input (unknown ``--hp`` name or value, missing dataset, a folder holding another run) prints one line
 and exits 2.
 """
@@ -60,6 +83,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +106,8 @@ _IQL = "d3rlpy reproductions/offline/iql.py (v2 API, commit d324094)"
 _TD3BC = "d3rlpy reproductions/offline/td3_plus_bc.py (v2 API, commit 02eee74)"
 _CQL = "d3rlpy reproductions/offline/cql.py (v2 API, commit 5209707)"
 _TD3BC_PAPER = "the TD3+BC paper (Fujimoto and Gu 2021) and its official code"
+_DEFAULT_ENCODER = ("{} default (the script leaves it): every network 2 hidden layers of 256 ReLU units "
+                    "(DefaultEncoderFactory); another width w uses VectorEncoderFactory([w, w]) (small tests)")
 
 #: per algorithm: hyperparameter -> (default, source). Each can be changed with --hp NAME=VALUE (the
 #: value is converted to the default's type). d3rlpy has no BC script for D4RL MuJoCo: BCConfig's defaults.
@@ -91,6 +117,7 @@ HP: dict[str, dict[str, tuple[Any, str]]] = {
         "batch_size": (100, "BCConfig default (d3rlpy has no BC reproduction script for D4RL MuJoCo)"),
         "learning_rate": (1e-3, "BCConfig default"),
         "policy_type": ("deterministic", "BCConfig default (tanh-squashed deterministic policy, MSE loss)"),
+        "hidden": (256, _DEFAULT_ENCODER.format("BCConfig")),
     },
     "td3bc": {
         "actor_learning_rate": (3e-4, _TD3BC),
@@ -105,6 +132,7 @@ HP: dict[str, dict[str, tuple[Any, str]]] = {
         "gamma": (0.99, "TD3PlusBCConfig default (the script leaves it)"),
         "tau": (0.005, "TD3PlusBCConfig default (the script leaves it)"),
         "n_critics": (2, "TD3PlusBCConfig default (the script leaves it)"),
+        "hidden": (256, _DEFAULT_ENCODER.format("TD3PlusBCConfig")),
     },
     "iql": {
         "actor_learning_rate": (3e-4, _IQL),
@@ -121,6 +149,7 @@ HP: dict[str, dict[str, tuple[Any, str]]] = {
         "gamma": (0.99, "IQLConfig default (the script leaves it)"),
         "tau": (0.005, "IQLConfig default (the script leaves it)"),
         "n_critics": (2, "IQLConfig default (the script leaves it)"),
+        "hidden": (256, _DEFAULT_ENCODER.format("IQLConfig")),
     },
     "cql": {
         "actor_learning_rate": (1e-4, _CQL),
@@ -184,6 +213,8 @@ def parse_hp(algo: str, items: list[str]) -> dict[str, Any]:
     for name, value in out.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise RunError(f"--hp {name}={value}: must not be negative")
+    if out.get("hidden", 1) < 1:  # a network needs units in each hidden layer
+        raise RunError(f"--hp hidden={out['hidden']}: must be a positive integer")
     return dict(sorted(out.items()))
 
 
@@ -200,16 +231,23 @@ def make_algo(algo: str, hp: dict[str, Any]) -> Any:
     """The d3rlpy learnable (not built yet) for the resolved hyperparameters, on the CPU."""
     import d3rlpy
 
+    def encoders(*fields: str) -> dict[str, Any]:
+        """d3rlpy's default encoder unless the width is changed (the config stays d3rlpy's own then)."""
+        if algo == "cql" or hp["hidden"] == HP[algo]["hidden"][0]:
+            return {}
+        return {f: d3rlpy.models.encoders.VectorEncoderFactory([hp["hidden"], hp["hidden"]]) for f in fields}
+
     if algo == "bc":
         config: Any = d3rlpy.algos.BCConfig(batch_size=hp["batch_size"], learning_rate=hp["learning_rate"],
-                                            policy_type=hp["policy_type"])
+                                            policy_type=hp["policy_type"], **encoders("encoder_factory"))
     elif algo == "td3bc":
         scaler = d3rlpy.preprocessing.StandardObservationScaler() if hp["standardize_observations"] else None
         config = d3rlpy.algos.TD3PlusBCConfig(
             actor_learning_rate=hp["actor_learning_rate"], critic_learning_rate=hp["critic_learning_rate"],
             batch_size=hp["batch_size"], gamma=hp["gamma"], tau=hp["tau"], n_critics=hp["n_critics"],
             target_smoothing_sigma=hp["target_smoothing_sigma"], target_smoothing_clip=hp["target_smoothing_clip"],
-            alpha=hp["alpha"], update_actor_interval=hp["update_actor_interval"], observation_scaler=scaler)
+            alpha=hp["alpha"], update_actor_interval=hp["update_actor_interval"], observation_scaler=scaler,
+            **encoders("actor_encoder_factory", "critic_encoder_factory"))
     elif algo == "iql":
         schedule = (d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=hp["actor_lr_t_max"])
                     if hp["actor_lr_t_max"] > 0 else None)
@@ -218,7 +256,8 @@ def make_algo(algo: str, hp: dict[str, Any]) -> Any:
             actor_optim_factory=d3rlpy.optimizers.AdamFactory(lr_scheduler_factory=schedule),
             batch_size=hp["batch_size"], gamma=hp["gamma"], tau=hp["tau"], n_critics=hp["n_critics"],
             weight_temp=hp["weight_temp"], max_weight=hp["max_weight"], expectile=hp["expectile"],
-            reward_scaler=d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=hp["reward_multiplier"]))
+            reward_scaler=d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=hp["reward_multiplier"]),
+            **encoders("actor_encoder_factory", "critic_encoder_factory", "value_encoder_factory"))
     elif algo == "cql":
         encoder = d3rlpy.models.encoders.VectorEncoderFactory([hp["hidden"], hp["hidden"]])
         config = d3rlpy.algos.CQLConfig(
@@ -248,6 +287,49 @@ class Data:
     episodes: int
     ref_min_score: float | None
     ref_max_score: float | None
+    task: str = ""  # the env evaluated in: a partition's single-agent task, else env itself
+    agents: list[str] = dataclasses.field(default_factory=list)  # multi-agent datasets only
+    local: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # agent -> o_j rows
+    local_view: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # agent -> entries of the state
+    action_split: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # agent -> entries of the action
+
+    def __post_init__(self) -> None:
+        self.task = self.task or self.env
+
+
+def check_layout(data: Data) -> None:
+    """A multi-agent dataset must be what decentralised evaluation assumes: o_j = state[local_view[j]] on every
+    row, and the agents' action entries partition the joint action."""
+    da = data.actions.shape[1]
+    for k in data.agents:
+        if not np.array_equal(data.local[k], data.observations[:, data.local_view[k]]):
+            raise RunError(f"dataset {data.dataset_id}: {k}'s observations are not its local_view of the state")
+    entries = np.sort(np.concatenate([data.action_split[k] for k in data.agents]))
+    if not np.array_equal(entries, np.arange(da)):
+        raise RunError(f"dataset {data.dataset_id}: the agents' action_split does not partition the {da} actions")
+
+
+def per_agent(data: Data) -> dict[str, Data]:
+    """Independent learners' datasets: agent j's own local observations o_j and action entries
+    a[:, action_split[j]], the team reward, the same terminals and timeouts (one row per step, as ``data``)."""
+    return {k: dataclasses.replace(data, observations=data.local[k], actions=data.actions[:, data.action_split[k]],
+                                   agents=[], local={}, local_view={}, action_split={})
+            for k in data.agents}
+
+
+def joint_action(predict: list[Callable[[np.ndarray], np.ndarray]], local_view: list[np.ndarray],
+                 action_split: list[np.ndarray], action_dim: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Decentralised execution: agent j's action a_j = predict[j](s[local_view[j]]) from its local view of the
+    single-agent observation s alone, placed at its entries action_split[j] of the joint action."""
+
+    def act(s: np.ndarray) -> np.ndarray:
+        s = np.asarray(s, dtype=np.float32)
+        a = np.zeros(action_dim, dtype=np.float32)
+        for f, view, split in zip(predict, local_view, action_split, strict=True):
+            a[split] = f(s[view])
+        return a
+
+    return act
 
 
 def load_data(dataset_id: str, root: Path) -> Data:
@@ -263,10 +345,18 @@ def load_data(dataset_id: str, root: Path) -> Data:
         except (FileNotFoundError, ValueError) as exc:
             raise RunError(f"no dataset {dataset_id} in {root} ({str(exc).splitlines()[0]})") from None
         meta = ds.storage.metadata
+        layout = (meta.get("diffrl_provenance") or {}).get("multi_agent") or {}
+        agents = [str(k) for k in layout.get("agents", [])]
         obs, act, rew, term, tout = [], [], [], [], []
+        local: dict[str, list[np.ndarray]] = {k: [] for k in agents}
         for ep in ds.iterate_episodes():
             n = len(ep.actions)
-            obs.append(np.asarray(ep.observations, dtype=np.float32)[:n])
+            if agents:  # a dict of the single-agent observation and each agent's local view of it
+                for k in agents:
+                    local[k].append(np.asarray(ep.observations[k], dtype=np.float32)[:n])
+                obs.append(np.asarray(ep.observations["state"], dtype=np.float32)[:n])
+            else:
+                obs.append(np.asarray(ep.observations, dtype=np.float32)[:n])
             act.append(np.asarray(ep.actions, dtype=np.float32))
             rew.append(np.asarray(ep.rewards, dtype=np.float32))
             te = np.asarray(ep.terminations, dtype=bool)
@@ -287,9 +377,16 @@ def load_data(dataset_id: str, root: Path) -> Data:
     def score(key: str) -> float | None:
         return float(meta[key]) if meta.get(key) is not None else None
 
-    return Data(dataset_id, str(env), np.concatenate(obs), actions, np.concatenate(rew),
+    data = Data(dataset_id, str(env), np.concatenate(obs), actions, np.concatenate(rew),
                 np.concatenate(term).astype(np.float32), np.concatenate(tout).astype(np.float32), len(obs),
-                score("ref_min_score"), score("ref_max_score"))
+                score("ref_min_score"), score("ref_max_score"), task=str(layout.get("task") or env))
+    if agents:
+        data.agents = agents
+        data.local = {k: np.concatenate(v) for k, v in local.items()}
+        data.local_view = {k: np.asarray(layout["local_view"][k], np.int64) for k in agents}
+        data.action_split = {k: np.asarray(layout["action_split"][k], np.int64) for k in agents}
+        check_layout(data)
+    return data
 
 
 def mdp_dataset(data: Data) -> Any:
@@ -355,6 +452,35 @@ def load_learnable(blob: bytes) -> Any:
         return d3rlpy.load_learnable(str(path), device="cpu:0")
 
 
+def agent_seed(seed: int, j: int) -> int:
+    """Agent j's seed (its own stream, independent of the others' for every run seed)."""
+    return int(np.random.SeedSequence([seed, j]).generate_state(1)[0])
+
+
+def predictor(algo: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The greedy action of one observation (``algo.predict`` of a batch of one)."""
+
+    def f(obs: np.ndarray) -> np.ndarray:
+        a: np.ndarray = algo.predict(np.asarray(obs, dtype=np.float32)[None])[0]
+        return a
+
+    return f
+
+
+def load_policy(out: Path | str) -> Callable[[np.ndarray], np.ndarray]:
+    """A run folder's greedy policy as of its checkpoint, on the single-agent observation of its task: for a
+    multi-agent run, every agent acting on its own local view (:func:`joint_action`)."""
+    out = Path(out)
+    ck = pickle.loads((out / "checkpoint.pkl").read_bytes())
+    if "learnables" not in ck:
+        return predictor(load_learnable(ck["learnable"]))
+    agents = json.loads((out / "config.json").read_text())["resolved"]["agents"]
+    views = [np.asarray(v["local_view"], np.int64) for v in agents.values()]
+    splits = [np.asarray(v["action_split"], np.int64) for v in agents.values()]
+    return joint_action([predictor(load_learnable(b)) for b in ck["learnables"]], views, splits,
+                        sum(len(x) for x in splits))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -365,7 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides = parse_hp(args.algo, args.hp)
     data = load_data(args.dataset, Path(args.dataset_root))
     try:
-        envs.check_name(data.env)
+        envs.check_name(data.task)
     except envs.EnvError as exc:
         raise RunError(str(exc)) from None
     ident = identity(args, data.env, overrides)
@@ -417,25 +543,43 @@ def _run(args: argparse.Namespace, envs: Any, data: Data, ident: dict[str, Any],
         summary["already_done"] = True
         return summary
 
-    dataset = mdp_dataset(data)
+    # one learner on a single-agent dataset; one independent learner per agent on a multi-agent one, each with
+    # its own copy of the global generators d3rlpy draws from (streams), swapped in around its own work
+    multi = bool(data.agents)
+    parts = per_agent(data) if multi else {"": data}
+    names = list(parts)
+    dsets = [mdp_dataset(d) for d in parts.values()]
     try:
-        eval_env = envs.make(data.env, args.seed, evaluation=True)
+        eval_env = envs.make(data.task, args.seed, evaluation=True)
     except envs.EnvError as exc:
         raise RunError(str(exc)) from None
     if ck is None:
-        d3rlpy.seed(args.seed)
-        algo = make_algo(args.algo, hp)
-        build_scalers_with_transition_picker(algo, dataset)  # as algo.fitter does, in its order
-        algo.build_with_dataset(dataset)
-        d3rlpy_config = json.loads(algo.config.serialize())  # with the scalers' statistics of the data
-        st = {"step": 0, "train_seconds": 0.0, "learn_seconds": 0.0, "learn_steps": 0, "last_eval": {}}
-        resolved = {**hp, "d3rlpy_config": d3rlpy_config,
-                    "data": {"transitions": int(dataset.transition_count), "rows": len(data.rewards),
+        algos, streams = [], []
+        for j, dset in enumerate(dsets):
+            d3rlpy.seed(agent_seed(args.seed, j) if multi else args.seed)
+            algo = make_algo(args.algo, hp)
+            build_scalers_with_transition_picker(algo, dset)  # as algo.fitter does, in its order
+            algo.build_with_dataset(dset)
+            algos.append(algo)
+            streams.append(rng_state())
+        # with the scalers' statistics of the data
+        configs = [json.loads(a.config.serialize()) for a in algos]
+        st: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "learn_seconds": 0.0, "learn_steps": 0, "last_eval": {}}
+        resolved = {**hp, "d3rlpy_config": dict(zip(names, configs, strict=True)) if multi else configs[0],
+                    "data": {"transitions": int(dsets[0].transition_count), "rows": len(data.rewards),
                              "episodes": data.episodes,
                              "actions": "mapped from the env's box onto [-1, 1]; envs.step maps them back",
                              "dropped": "the last step of each episode that did not terminate (d3rlpy "
                                         "has no next observation for it)"},
                     "sources": {name: src for name, (_, src) in HP[args.algo].items()}}
+        if multi:
+            resolved["task"] = data.task
+            resolved["agents"] = {
+                k: {"seed": agent_seed(args.seed, j), "local_view": data.local_view[k].tolist(),
+                    "action_split": data.action_split[k].tolist()} for j, k in enumerate(names)}
+            resolved["data"]["per_agent"] = ("independent learners: agent j's observations are its local view "
+                                             "o_j, its actions a[:, action_split[j]]; team reward, terminals "
+                                             "and timeouts shared")
         atomic_write(conf_path, lambda p: p.write_text(json.dumps(
             {"identity": ident, "resolved": resolved, "versions": versions(), "dataset_root": str(args.dataset_root),
              "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}, indent=1)))
@@ -443,9 +587,13 @@ def _run(args: argparse.Namespace, envs: Any, data: Data, ident: dict[str, Any],
         for stale in ("d3rlpy_losses.csv",):
             (out / stale).unlink(missing_ok=True)
     else:
-        algo = load_learnable(ck["learnable"])
-        algo.set_grad_step(ck["grad_step"])
-        set_rng_state(ck["rng"])
+        blobs, steps, streams = ((ck["learnables"], ck["grad_steps"], ck["rngs"]) if multi else
+                                 ([ck["learnable"]], [ck["grad_step"]], [ck["rng"]]))
+        algos = [load_learnable(b) for b in blobs]
+        for algo, g in zip(algos, steps, strict=True):
+            algo.set_grad_step(g)
+        if not multi:
+            set_rng_state(streams[0])
         st = dict(ck["state"])
         done_path.unlink(missing_ok=True)
 
@@ -457,9 +605,11 @@ def _run(args: argparse.Namespace, envs: Any, data: Data, ident: dict[str, Any],
     loss_names = sorted(ck["loss_names"]) if ck is not None else []
     loss_log = CsvLog(loss_path, ["step", *loss_names], keep) if loss_names else None
 
-    def policy(obs: np.ndarray) -> np.ndarray:
-        a: np.ndarray = algo.predict(np.asarray(obs, dtype=np.float32)[None])[0]
-        return a
+    if multi:
+        policy = joint_action([predictor(a) for a in algos], [data.local_view[k] for k in names],
+                              [data.action_split[k] for k in names], data.actions.shape[1])
+    else:
+        policy = predictor(algos[0])
 
     def evaluate() -> dict[str, float]:
         res: dict[str, float] = envs.evaluate(policy, eval_env, args.seed, args.eval_episodes)
@@ -468,26 +618,48 @@ def _run(args: argparse.Namespace, envs: Any, data: Data, ident: dict[str, Any],
         return res
 
     def checkpoint() -> None:
-        blob = learnable_bytes(algo)
+        blobs = [learnable_bytes(a) for a in algos]
+        learners: dict[str, Any] = (
+            {"learnables": blobs, "grad_steps": [int(a.grad_step) for a in algos], "rngs": list(streams)} if multi
+            else {"learnable": blobs[0], "grad_step": int(algos[0].grad_step), "rng": rng_state()})
         payload = {"format": CHECKPOINT_FORMAT, "identity": ident, "step": st["step"], "state": dict(st),
-                   "grad_step": int(algo.grad_step), "rng": rng_state(), "learnable": blob,
-                   "loss_names": loss_names}
+                   **learners, "loss_names": loss_names}
         atomic_write(ck_path, lambda p: p.write_bytes(pickle.dumps(payload)))
-        atomic_write(out / "model.d3", lambda p: p.write_bytes(blob))
+        for k, blob in zip(names, blobs, strict=True):
+            atomic_write(out / (f"model-{k}.d3" if multi else "model.d3"), lambda p, b=blob: p.write_bytes(b))
+
+    def update() -> dict[str, float]:
+        """One gradient step of every learner (algo.fitter's step: a minibatch, then algo.update)."""
+        if not multi:
+            return dict(algos[0].update(dsets[0].sample_transition_batch(algos[0].config.batch_size)))
+        every: dict[str, float] = {}
+        for j, (k, algo, dset) in enumerate(zip(names, algos, dsets, strict=True)):
+            set_rng_state(streams[j])
+            got = algo.update(dset.sample_transition_batch(algo.config.batch_size))
+            streams[j] = rng_state()
+            every.update({f"{k}/{name}": float(v) for name, v in got.items()})
+        return every
+
+    def train_columns(losses: dict[str, float]) -> dict[str, float]:
+        """train.csv's loss columns: d3rlpy's losses of the learner, or their mean over the agents."""
+        row: dict[str, float] = {}
+        for name, col in LOSS_COLUMNS.items():
+            vals = [float(v) for k, v in losses.items() if k.rpartition("/")[2] == name]
+            if vals:
+                row[col] = float(np.mean(vals))
+        return row
 
     bar = tqdm(total=args.steps, initial=st["step"], unit="step", disable=args.no_progress, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0,
                desc=f"d3rlpy-{args.algo} {args.dataset} seed {args.seed}")
     losses: dict[str, float] = {}
     window_t, window_start = st["step"], time.perf_counter()
-    batch_size = algo.config.batch_size
     try:
         if st["step"] == 0:
             evaluate()
         while st["step"] < args.steps:
             tick = time.perf_counter()
-            batch = dataset.sample_transition_batch(batch_size)  # algo.fitter's step
-            losses.update(algo.update(batch))
+            losses.update(update())
             st["step"] += 1
             elapsed = time.perf_counter() - tick
             st["train_seconds"] += elapsed
@@ -498,8 +670,7 @@ def _run(args: argparse.Namespace, envs: Any, data: Data, ident: dict[str, Any],
                 now = time.perf_counter()
                 sps = (st["step"] - window_t) / max(now - window_start, 1e-9)
                 window_t, window_start = st["step"], now
-                row: dict[str, Any] = {"step": st["step"], "steps_per_s": sps}
-                row.update({col: float(losses[k]) for k, col in LOSS_COLUMNS.items() if k in losses})
+                row: dict[str, Any] = {"step": st["step"], "steps_per_s": sps, **train_columns(losses)}
                 train_log.add(row)
                 if loss_log is None:  # the names d3rlpy returns, known from the first row on
                     loss_names = sorted(losses)

@@ -178,6 +178,137 @@ def test_cql_rejects_out_of_domain(impl: Any, clause_id: str, i: int) -> None:
     assert_raises_domain(need(impl, clause_id), clause_id, *_BAD_CQL[i])
 
 
+# ---- dom2.cql_sampled -----------------------------------------------------------------
+
+
+@st.composite
+def _cqls(draw: st.DrawFn, min_m: int = 1) -> dict[str, Any]:
+    B = draw(st.integers(1, 5))
+    M = draw(st.integers(min_m, 8))
+    mag = draw(st.sampled_from([1.0, 30.0]))
+    qs = mag * draw(hnp.arrays(np.float64, (B, M), elements=finite(-1.0, 1.0).map(_snap)))
+    d = draw(st.integers(1, 4))  # uniform proposal on [-1, 1]^d, or a density that varies per sample
+    lp = draw(st.one_of(st.just(np.full((B, M), -d * np.log(2.0))),
+                        hnp.arrays(np.float64, (B, M), elements=finite(-4.0, 2.0).map(_snap))))
+    qd = mag * draw(hnp.arrays(np.float64, (B,), elements=finite(-1.0, 1.0).map(_snap)))
+    y = mag * draw(hnp.arrays(np.float64, (B,), elements=finite(-1.0, 1.0).map(_snap)))
+    return {"qd": qd, "qs": qs, "lp": lp, "y": y, "alpha": draw(finite(0.1, 5.0))}
+
+
+def _cqls_scale(qd: F, qs: F, lp: F, y: F, alpha: float) -> F:
+    return _f64((np.abs(qd) + np.abs(y)) ** 2
+                + alpha * (np.max(np.abs(qs - lp), axis=1) + np.abs(qd) + np.log(qs.shape[1])))
+
+
+def _rounded(impl: Any, c: dict[str, Any]) -> tuple[F, F, F, F]:
+    return tuple(round_to(impl.dtype, c[k]) for k in ("qd", "qs", "lp", "y"))  # type: ignore[return-value]
+
+
+@clause("dom2.cql_sampled", "td_term")
+@given(c=_cqls())
+def test_cqls_td_term(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    qd, qs, lp, y = _rounded(impl, c)
+    assert_close(clause_id, need(impl, clause_id)(qd, qs, lp, y, 0.0), (qd - y) ** 2, dtype=impl.dtype,
+                 what="alpha = 0: (Q(o, a_data) - y)^2", M=qs.shape[1], scale=_cqls_scale(qd, qs, lp, y, 0.0))
+
+
+@clause("dom2.cql_sampled", "finite_set_reduces")
+@given(c=_cql())
+def test_cqls_finite_set_reduces(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    q, y = round_to(impl.dtype, c["q"]), round_to(impl.dtype, c["y"])
+    B, n = q.shape
+    qd = q[np.arange(B), c["idx"]]
+    lp = np.full((B, n), -np.log(n))  # the uniform distribution over the set; -log n rounded is within the rule
+    got = need(impl, clause_id)(qd, q, round_to(impl.dtype, lp), y, c["alpha"])
+    assert_close(clause_id, got, ref.cql_loss(q, c["idx"], y, c["alpha"]), dtype=impl.dtype,
+                 what="M = n samples = the finite set, p = 1/n: dom2.cql_loss", M=n,
+                 scale=_cqls_scale(qd, q, lp, y, c["alpha"]), inputs={"a_idx": c["idx"]})
+
+
+@clause("dom2.cql_sampled", "exact_for_ideal_proposal")
+@given(c=_cqls(), log_norm=finite(-5.0, 5.0))
+def test_cqls_ideal_proposal(impl: Any, clause_id: str, c: dict[str, Any], log_norm: float) -> None:
+    qd, qs, _, y = _rounded(impl, c)
+    cst = float(round_to(impl.dtype, log_norm))
+    lp = round_to(impl.dtype, qs - cst)  # p proportional to exp Q with normaliser e^c
+    got = need(impl, clause_id)(qd, qs, lp, y, c["alpha"])
+    # the rounding of lp moves each weight by at most one ulp of |Q - c|: inside the rule's scale term
+    assert_close(clause_id, got, (qd - y) ** 2 + c["alpha"] * (cst - qd), dtype=impl.dtype,
+                 what="p proportional to exp Q: penalty = c - Q_data", M=qs.shape[1],
+                 scale=_cqls_scale(qd, qs, lp, y, c["alpha"]) + c["alpha"] * np.max(np.abs(qs), axis=1),
+                 inputs={"c": cst})
+
+
+@clause("dom2.cql_sampled", "proposal_density_enters_inverted")
+@given(c=_cqls(), h=st.sampled_from([-2.0, -0.5, 0.25, 1.0, 3.0]))
+def test_cqls_density_inverted(impl: Any, clause_id: str, c: dict[str, Any], h: float) -> None:
+    qd, qs, lp, y = _rounded(impl, c)
+    fn = need(impl, clause_id)
+    base = _f64(fn(qd, qs, lp, y, c["alpha"]))
+    M = qs.shape[1]
+    # h is a power of two or a sum of two: adding it is exact at these magnitudes in every dtype the suite runs
+    scale = _cqls_scale(qd, qs, lp + h, y, c["alpha"]) + c["alpha"] * abs(h)
+    assert_close(clause_id, fn(qd, qs, lp + h, y, c["alpha"]), base - c["alpha"] * h, dtype=impl.dtype,
+                 what="log p + h: penalty - h", M=M, scale=2 * scale, inputs={"h": h})
+    assert_close(clause_id, fn(qd + h, qs + h, lp, y + h, c["alpha"]), base, dtype=impl.dtype,
+                 what="Q + h everywhere: unchanged", M=M, scale=2 * scale, inputs={"h": h})
+
+
+@clause("dom2.cql_sampled", "suppresses_unseen")
+@given(c=_cqls(min_m=2), h=finite(0.1, 2.0))
+def test_cqls_suppresses_unseen(impl: Any, clause_id: str, c: dict[str, Any], h: float) -> None:
+    qd, qs, lp, _ = _rounded(impl, c)
+    fn = need(impl, clause_id)
+    a = c["alpha"]
+    rule = spec.clause(clause_id).tolerance
+    M = qs.shape[1]
+    base = _f64(fn(qd, qs, lp, qd, a))  # y = Q_data: the TD term is 0
+    cases: list[tuple[str, F, F, F]] = []
+    for i in range(M):
+        raised = qs.copy()
+        raised[:, i] = round_to(impl.dtype, raised[:, i] + h)
+        cases.append((f"drawn action {i}", qd, raised, _f64(a * (logsumexp(raised - lp, axis=1)
+                                                                - logsumexp(qs - lp, axis=1)))))
+    up = round_to(impl.dtype, qd + h)
+    cases.append(("the dataset action", up, qs, _f64(-a * (up - qd))))
+    for where, q_d, q_s, change in cases:
+        got = _f64(fn(q_d, q_s, lp, q_d, a))
+        # the rule for each of the two losses compared; a change beyond twice that has its sign decided
+        tol = 2 * rule.atol(impl.dtype, expected=base, M=M, scale=_cqls_scale(q_d, q_s, lp, q_d, a))
+        clear = np.abs(change) > 2 * tol
+        wrong = clear & ((got - base) * np.sign(change) <= 0)
+        j = int(np.argmax(wrong))
+        assert_that(not bool(np.any(wrong)), clause_id,
+                    f"raising Q at {where} by {h} moved the loss from {base[j]!r} to {got[j]!r}; expected a change "
+                    f"of {change[j]!r} (Q samples = {qs[j]}, log p = {lp[j]}, Q_data = {qd[j]})")
+
+
+@clause("dom2.cql_sampled", "matches_reference")
+@given(c=_cqls())
+def test_cqls_matches_reference(impl: Any, clause_id: str, c: dict[str, Any]) -> None:
+    qd, qs, lp, y = _rounded(impl, c)
+    assert_close(clause_id, need(impl, clause_id)(qd, qs, lp, y, c["alpha"]),
+                 ref.cql_sampled(qd, qs, lp, y, c["alpha"]), dtype=impl.dtype, M=qs.shape[1],
+                 scale=_cqls_scale(qd, qs, lp, y, c["alpha"]))
+
+
+_QD = np.zeros(2)
+_QS = np.zeros((2, 3))
+_BAD_CQLS: list[tuple[Any, ...]] = [
+    (np.array([0.0, np.nan]), _QS, _QS, _QD, 1.0), (_QD, np.full((2, 3), np.inf), _QS, _QD, 1.0),
+    (_QD, _QS, np.full((2, 3), np.nan), _QD, 1.0), (_QD, _QS, _QS, np.array([0.0, np.inf]), 1.0),
+    (_QD, _QS, _QS, _QD, -1.0), (_QD, np.zeros((2, 0)), np.zeros((2, 0)), _QD, 1.0),
+    (_QD, np.zeros((3, 3)), np.zeros((3, 3)), _QD, 1.0), (_QD, _QS, np.zeros((2, 2)), _QD, 1.0),
+    (_QD, _QS, _QS, np.zeros(3), 1.0), (np.zeros((2, 1)), _QS, _QS, _QD, 1.0),
+]
+
+
+@clause("dom2.cql_sampled", "rejects_out_of_domain")
+@given(i=st.sampled_from(range(len(_BAD_CQLS))))
+def test_cqls_rejects_out_of_domain(impl: Any, clause_id: str, i: int) -> None:
+    assert_raises_domain(need(impl, clause_id), clause_id, *_BAD_CQLS[i])
+
+
 # ---- dom2.policy_loss -----------------------------------------------------------------
 
 

@@ -24,6 +24,9 @@ from typing import Any
 
 from .suite.plugin import DEFAULT_IMPL
 
+#: What ``diffrl train`` trains (rl.loop.ALGOS, written here so that parsing imports no torch; a test compares).
+TRAIN_ALGOS = ["diffsr", "sac", "diffusion-ql", "edp", "dom2", "dof", "madiff"]
+
 
 class CliError(Exception):
     """One clear line for the user, exit status 2."""
@@ -270,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-plot", action="store_true", help="skip the plot")
 
     r = sub.add_parser("train", help="train Diff-SR or SAC online, Diffusion-QL or EDP offline (logs, resumable)")
-    r.add_argument("algo", choices=["diffsr", "sac", "diffusion-ql", "edp"],
+    r.add_argument("algo", choices=TRAIN_ALGOS,
                    help="diffsr (Algorithm 2) or sac (stable-baselines3), online; diffusion-ql or edp, offline "
                         "(--dataset)")
     r.add_argument("--env", help="online: Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task (reach-v3); "

@@ -228,6 +228,15 @@ def edp_hyperparameters() -> str:
     return _hp_tables([("EDP", edp.EDPConfig(), edp.HYPERPARAMETERS)])
 
 
+def marl_hyperparameters() -> str:
+    """The DOM2, DoF and MADiff hyperparameter tables (included by docs/marl.rst)."""
+    from .rl import dof, dom2, madiff
+
+    return _hp_tables([("DOM2", dom2.DOM2Config(), dom2.HYPERPARAMETERS),
+                       ("DoF", dof.DoFConfig(), dof.HYPERPARAMETERS),
+                       ("MADiff", madiff.MADiffConfig(), madiff.HYPERPARAMETERS)])
+
+
 def _hp_tables(tables: list[tuple[str, Any, dict[str, str]]]) -> str:
     from dataclasses import fields
 
@@ -255,6 +264,7 @@ def render() -> dict[str, str]:
     pages["_rl_hyperparameters.inc"] = rl_hyperparameters()
     pages["_offline_hyperparameters.inc"] = offline_hyperparameters()
     pages["_edp_hyperparameters.inc"] = edp_hyperparameters()
+    pages["_marl_hyperparameters.inc"] = marl_hyperparameters()
     return pages
 
 

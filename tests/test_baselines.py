@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("gymnasium")
@@ -65,7 +66,7 @@ def test_hyperparameters_parse_and_resolve() -> None:
     assert run_mod.parse_hp("iql", ["max_weight=50", "batch_size=128.0", "expectile=0.9"]) == \
         {"batch_size": 128, "expectile": 0.9, "max_weight": 50.0}
     assert run_mod.parse_hp("td3bc", ["standardize_observations=false"]) == {"standardize_observations": False}
-    for bad in (["nope=1"], ["batch_size=1.5"], ["expectile"], ["expectile=x"], ["alpha=-1"]):
+    for bad in (["nope=1"], ["batch_size=1.5"], ["expectile"], ["expectile=x"], ["alpha=-1"], ["hidden=0"]):
         with pytest.raises(run_mod.RunError):
             run_mod.parse_hp("iql" if bad != ["alpha=-1"] else "td3bc", bad)
     with pytest.raises(run_mod.RunError):
@@ -111,6 +112,93 @@ def test_committed_hashes_are_this_environments() -> None:
     got["project_evaluation"] = check_mod.project_evaluation("Hopper-v5", 2)
     assert got["sha256"] == committed["sha256"] and got["spaces_sha256"] == committed["spaces_sha256"]
     assert got["project_evaluation"] == committed["project_evaluation"]
+
+
+# ---- multi-agent datasets: independent learners (issue 20, item 6) ---------------------------------------
+
+MA_ID = "diffrl/halfcheetah-2x3/random-v0"
+
+
+def _toy(agents: bool = True) -> Any:
+    """A 5-row dataset with a 5-entry state, 4 actions and two agents with overlapping views and interleaved
+    action entries (so that a split by position or a shared copy would show)."""
+    rng = np.random.default_rng(0)
+    state = rng.normal(size=(5, 5)).astype(np.float32)
+    views = {"agent_0": np.array([0, 1, 2]), "agent_1": np.array([2, 3, 4])}
+    split = {"agent_0": np.array([0, 2]), "agent_1": np.array([1, 3])}
+    return run_mod.Data("toy", "Toy-2x2", state, rng.uniform(-1, 1, (5, 4)).astype(np.float32),
+                        np.arange(5, dtype=np.float32), np.array([0, 0, 1, 0, 0], np.float32),
+                        np.array([0, 0, 0, 0, 1], np.float32), 2, None, None, task="Toy-v5",
+                        **({"agents": list(views), "local": {k: state[:, v] for k, v in views.items()},
+                            "local_view": views, "action_split": split} if agents else {}))
+
+
+def test_per_agent_datasets_are_each_agents_own_view_and_actions() -> None:
+    data = _toy()
+    run_mod.check_layout(data)
+    parts = run_mod.per_agent(data)
+    assert list(parts) == ["agent_0", "agent_1"]
+    for k, part in parts.items():
+        np.testing.assert_array_equal(part.observations, data.observations[:, data.local_view[k]])
+        np.testing.assert_array_equal(part.actions, data.actions[:, data.action_split[k]])
+        for shared in ("rewards", "terminals", "timeouts"):
+            assert getattr(part, shared) is getattr(data, shared)
+        assert (part.env, part.task, part.agents, part.local) == ("Toy-2x2", "Toy-v5", [], {})
+    single = _toy(agents=False)
+    assert single.task == "Toy-v5" and run_mod.per_agent(single) == {}
+    assert run_mod.Data("d", "Hopper-v5", *([np.zeros((1, 1))] * 5), 1, None, None).task == "Hopper-v5"
+    bad = _toy()
+    bad.local["agent_1"] = bad.local["agent_1"].copy()
+    bad.local["agent_1"][3, 0] += 1.0
+    with pytest.raises(run_mod.RunError, match="agent_1's observations are not its local_view"):
+        run_mod.check_layout(bad)
+    bad = _toy()
+    bad.action_split["agent_1"] = np.array([1, 2])
+    with pytest.raises(run_mod.RunError, match="does not partition the 4 actions"):
+        run_mod.check_layout(bad)
+
+
+def test_joint_action_is_decentralised() -> None:
+    """Agent j's entries depend on its local view alone: changing the entries it does not see leaves them as they
+    were, changing one it sees changes them (the check can fail)."""
+    data, rng = _toy(), np.random.default_rng(1)
+    names = data.agents
+    weights = [rng.normal(size=(len(data.action_split[k]), len(data.local_view[k]))) for k in names]
+    act = run_mod.joint_action([lambda o, w=w: w @ o for w in weights], [data.local_view[k] for k in names],
+                               [data.action_split[k] for k in names], 4)
+    s = rng.normal(size=5).astype(np.float32)
+    a = act(s)
+    assert a.dtype == np.float32 and a.shape == (4,)
+    for j, k in enumerate(names):
+        view, split = data.local_view[k], data.action_split[k]
+        np.testing.assert_allclose(a[split], weights[j] @ s[view], rtol=1e-6)
+        unseen = np.setdiff1d(np.arange(5), view)
+        s2 = s.copy()
+        s2[unseen] += 10.0
+        np.testing.assert_array_equal(act(s2)[split], a[split])
+        s3 = s.copy()
+        s3[view[0]] += 10.0
+        assert not np.array_equal(act(s3)[split], a[split])
+
+
+def test_load_data_of_a_multi_agent_dataset_is_load_joints(tmp_path: Path) -> None:
+    """The script reads a partition's Minari dataset (Dict observations) to the rows ``datasets.load_joint`` gives
+    the project's multi-agent agents, and evaluates in the partition's single-agent task."""
+    from diffrl_ref.rl import datasets
+
+    assert cli.main(["dataset", "make", "--env", "HalfCheetah-2x3", "--kind", "random", "--out", str(tmp_path),
+                     "--size", "300", "--eval-episodes", "1", "--no-progress"]) == 0
+    data = run_mod.load_data(MA_ID, tmp_path)
+    joint = datasets.load_joint(MA_ID, tmp_path)
+    assert (data.env, data.task, data.agents) == ("HalfCheetah-2x3", "HalfCheetah-v5", joint.agents)
+    np.testing.assert_array_equal(data.observations, joint.state)
+    np.testing.assert_array_equal(data.terminals, joint.terminals)
+    assert data.timeouts[-1] == 1 and data.timeouts.sum() == 1  # the cut last episode
+    for k, part in run_mod.per_agent(data).items():
+        np.testing.assert_array_equal(data.local_view[k], joint.local_view[k])
+        np.testing.assert_array_equal(part.observations, joint.observations[k])
+        np.testing.assert_array_equal(part.actions, joint.actions[:, joint.action_split[k]])
+        np.testing.assert_array_equal(part.rewards, joint.rewards)
 
 
 # ---- end to end, with the d3rlpy environment's python ---------------------------------------------------
@@ -171,3 +259,128 @@ def test_d3rlpy_iql_run_resumes_and_is_plotted(tmp_path: Path, capsys: pytest.Ca
     rows = json.loads((tmp_path / "plot" / "results.json").read_text())
     assert rows[0]["algo"] == "d3rlpy-iql" and rows[0]["env"] == ID and rows[0]["at"]["200"]["n"] == 1
     assert rows[0]["complete"] and rows[0]["steps_per_s"] > 0
+
+
+#: run in the d3rlpy environment: the policies of run folders rebuilt from their checkpoints (load_policy), checked
+#: for decentralisation on random states, and replayed in the task with the project's evaluation
+_CHECK = """
+import importlib.util, io, json, pickle, sys
+import numpy as np, torch
+spec = importlib.util.spec_from_file_location("d3rlpy_run", sys.argv[1])
+mod = importlib.util.module_from_spec(spec); sys.modules["d3rlpy_run"] = mod; spec.loader.exec_module(mod)
+from diffrl_ref.rl import envs
+out = {}
+for folder in sys.argv[2:]:
+    conf = json.loads(open(folder + "/config.json").read())
+    agents, seed = conf["resolved"]["agents"], conf["identity"]["seed"]
+    policy, rng = mod.load_policy(folder), np.random.default_rng(0)
+    unseen_same, seen_differs = True, 0
+    for _ in range(5):
+        s = rng.normal(size=17).astype(np.float32)
+        a = policy(s)
+        for k, v in agents.items():
+            split, view = np.asarray(v["action_split"]), np.asarray(v["local_view"])
+            s2 = s.copy(); s2[np.setdiff1d(np.arange(17), view)] += rng.normal(size=17 - len(view)).astype(np.float32)
+            unseen_same &= bool(np.array_equal(policy(s2)[split], a[split]))
+            s3 = s.copy(); s3[view] += 1.0
+            seen_differs += int(not np.array_equal(policy(s3)[split], a[split]))
+    ret = envs.evaluate(policy, envs.make(conf["resolved"]["task"], seed, evaluation=True), seed,
+                        conf["identity"]["eval_episodes"])["return_mean"]
+    nets = {k: torch.load(io.BytesIO(pickle.loads(open(f"{folder}/model-{k}.d3", "rb").read())["torch"]),
+                          weights_only=False) for k in agents}
+    out[folder] = {"unseen_same": unseen_same, "seen_differs": seen_differs, "return": ret,
+                   "views": {k: len(v["local_view"]) for k, v in agents.items()},
+                   "inputs": {k: n["policy" if "policy" in n else "imitator"]["_encoder._layers.0.weight"].shape[1]
+                              for k, n in nets.items()},
+                   "weights": {k: {m: [t.tolist() for t in sd.values()] for m, sd in n.items()
+                                   if "optim" not in m} for k, n in nets.items()}}
+# the first folder's agents each equal a solo run of d3rlpy on its own dataset from its own seed (fitter's steps)
+import d3rlpy
+from pathlib import Path
+from d3rlpy.algos.utility import build_scalers_with_transition_picker
+folder = sys.argv[2]
+conf = json.loads(open(folder + "/config.json").read())
+ident, steps = conf["identity"], json.loads(open(folder + "/done.json").read())["steps"]
+hp = mod.resolve_hp(ident["algo"][len("d3rlpy-"):], ident["dataset"], ident["hp"])
+torch.set_num_threads(1)
+solo = {}
+for j, (k, part) in enumerate(mod.per_agent(mod.load_data(ident["dataset"], Path(conf["dataset_root"]))).items()):
+    ds = mod.mdp_dataset(part)
+    d3rlpy.seed(mod.agent_seed(ident["seed"], j))
+    algo = mod.make_algo(ident["algo"][len("d3rlpy-"):], hp)
+    build_scalers_with_transition_picker(algo, ds)
+    algo.build_with_dataset(ds)
+    for _ in range(steps):
+        algo.update(ds.sample_transition_batch(hp["batch_size"]))
+    buf = io.BytesIO(); algo.impl.save_model(buf)
+    solo[k] = {m: [t.tolist() for t in sd.values()] for m, sd in torch.load(io.BytesIO(buf.getvalue()),
+                                                                             weights_only=False).items()
+               if "optim" not in m}
+out["solo"] = solo
+print(json.dumps(out))
+"""
+
+
+def test_d3rlpy_independent_learners_on_a_multi_agent_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) \
+        -> None:
+    """diffrl dataset make --env HalfCheetah-2x3 -> d3rlpy_run.py iql and bc, one learner per agent (tiny networks):
+    the IQL run extended from its checkpoint equals a straight one, every agent acts on its own local view alone,
+    the checkpointed joint policy replays the last evaluation in HalfCheetah-v5, and diffrl plot reports both."""
+    python = _d3rlpy_python()
+    root = tmp_path / "datasets"
+    assert cli.main(["dataset", "make", "--env", "HalfCheetah-2x3", "--kind", "random", "--out", str(root),
+                     "--size", "1500", "--eval-episodes", "1", "--no-progress"]) == 0
+
+    def d3(algo: str, out: Path, steps: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python, str(BASELINES / "d3rlpy_run.py"), algo, "--dataset", MA_ID, "--dataset-root",
+                               str(root), "--steps", str(steps), "--seed", "2", "--out", str(out), "--eval-every",
+                               "100", "--eval-episodes", "1", "--log-every", "50", "--threads", "1",
+                               "--no-progress", "--hp", "hidden=16", "--hp", "batch_size=32"],
+                              capture_output=True, text=True, timeout=600)
+
+    straight, resumed, bc = tmp_path / "iql", tmp_path / "iql-resumed", tmp_path / "bc"
+    for algo, out, steps in (("iql", straight, 200), ("iql", resumed, 100), ("iql", resumed, 200), ("bc", bc, 200)):
+        res = d3(algo, out, steps)
+        assert res.returncode == 0, res.stderr[-2000:]
+    conf = json.loads((straight / "config.json").read_text())
+    assert conf["identity"] == {"format": 1, "algo": "d3rlpy-iql", "env": "HalfCheetah-2x3", "seed": 2,
+                                "eval_every": 100, "eval_episodes": 1, "hp": {"batch_size": 32, "hidden": 16},
+                                "dataset": MA_ID}
+    agents = conf["resolved"]["agents"]
+    assert list(agents) == ["agent_0", "agent_1"] and conf["resolved"]["task"] == "HalfCheetah-v5"
+    assert agents["agent_0"]["seed"] != agents["agent_1"]["seed"]
+    assert sorted(agents["agent_0"]["action_split"] + agents["agent_1"]["action_split"]) == list(range(6))
+    for name in ("eval.csv", "train.csv", "d3rlpy_losses.csv"):
+        assert _rows(straight / name) == _rows(resumed / name), name
+    losses = _rows(straight / "d3rlpy_losses.csv")
+    assert {"agent_0/critic_loss", "agent_1/critic_loss", "agent_1/v_loss"} <= set(losses[0])
+    train = _rows(straight / "train.csv")
+    assert float(train[0]["critic_loss"]) == pytest.approx(
+        (float(losses[0]["agent_0/critic_loss"]) + float(losses[0]["agent_1/critic_loss"])) / 2, rel=1e-5)
+    assert _rows(bc / "train.csv")[0]["actor_loss"] != ""
+
+    res = subprocess.run([python, "-c", _CHECK, str(BASELINES / "d3rlpy_run.py"), str(straight), str(resumed),
+                          str(bc)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    checks = json.loads(res.stdout.strip().splitlines()[-1])
+    for folder in (straight, bc):
+        got = checks[str(folder)]
+        assert all(n < 17 for n in got["views"].values())  # some of the state is hidden from each agent
+        assert got["inputs"] == got["views"]  # each agent's policy network takes its own view's entries
+        assert got["unseen_same"] and got["seen_differs"] >= 8  # of 10 (5 states, 2 agents)
+        last = _rows(folder / "eval.csv")[-1]
+        # eval.csv keeps 6 significant digits
+        assert last["step"] == "200" and got["return"] == pytest.approx(float(last["return_mean"]), rel=1e-5)
+    # the same networks (model files' bytes differ: d3rlpy re-serialises a reloaded config, 0 as 0.0)
+    assert checks[str(straight)]["weights"] == checks[str(resumed)]["weights"]
+    # independent learners: each agent trained exactly as d3rlpy alone on its dataset from its own seed would
+    assert checks["solo"] == checks[str(straight)]["weights"]
+    assert checks[str(straight)]["weights"]["agent_0"] != checks[str(straight)]["weights"]["agent_1"]
+
+    capsys.readouterr()
+    assert cli.main(["plot", str(straight), str(bc), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
+    rows = json.loads((tmp_path / "plot" / "results.json").read_text())
+    assert sorted(r["algo"] for r in rows) == ["d3rlpy-bc", "d3rlpy-iql"]
+    assert all(r["env"] == MA_ID and r["at"]["200"]["n"] == 1 and r["complete"] and r["steps_per_s"] > 0
+               for r in rows)

@@ -424,6 +424,11 @@ def test_every_hyperparameter_is_checked_against_its_domain(algo: str, name: str
     assert not out.exists()
 
 
+def test_the_cli_lists_every_algorithm() -> None:
+    """cli.TRAIN_ALGOS is written out so that parsing imports no torch: it must name loop.ALGOS, in order."""
+    assert cli.TRAIN_ALGOS == list(loop.ALGOS)
+
+
 def test_every_hyperparameter_has_a_domain_and_a_source() -> None:
     for algo in loop.ALGOS:
         fields = {f.name for f in dataclasses.fields(loop.CONFIGS[algo])}

@@ -9,6 +9,7 @@ which on the discrete schedule is deterministic DDIM: :class:`Solver` runs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -42,6 +43,28 @@ def cql_loss(q_all: Tensor, a_idx: Tensor, y: Tensor, alpha: float) -> Tensor:
     q_data = q_all.gather(1, a_idx.to(device=q_all.device, dtype=torch.int64).unsqueeze(1)).squeeze(1)
     penalty = torch.logsumexp(q_all, dim=1) - q_data
     return (q_data - y.detach()) ** 2 + a * penalty
+
+
+def cql_sampled(q_data: Tensor, q_samples: Tensor, log_p: Tensor | float, y: Tensor, alpha: float) -> Tensor:
+    """Clause ``dom2.cql_sampled``: (Q_data - y)^2 + alpha (log (1/M) sum_i exp(Q_i - log p_i) - Q_data) per row.
+
+    The continuous-action CQL(H) penalty with M proposal samples; ``log_p`` may be a number (the same density
+    at every sample, as the uniform proposal's -d log 2). y carries no gradient.
+    """
+    cid = "dom2.cql_sampled"
+    require(q_data.ndim == 1, cid, f"q_data must have shape (B,), got {tuple(q_data.shape)}")
+    B = q_data.shape[0]
+    require(q_samples.ndim == 2 and q_samples.shape[0] == B and q_samples.shape[1] >= 1, cid,
+            f"q_samples must have shape ({B}, M) with M >= 1, got {tuple(q_samples.shape)}")
+    lp = torch.as_tensor(log_p, dtype=q_samples.dtype, device=q_samples.device)
+    require(lp.ndim == 0 or tuple(lp.shape) == tuple(q_samples.shape), cid,
+            f"log_p must be a number or have the shape of q_samples {tuple(q_samples.shape)}, got {tuple(lp.shape)}")
+    require(tuple(y.shape) == (B,), cid, f"y must have shape ({B},), got {tuple(y.shape)}")
+    for name, v in (("q_data", q_data), ("q_samples", q_samples), ("log_p", lp), ("y", y)):
+        finite(v, cid, name)
+    a = nonnegative(alpha, cid, "alpha")
+    log_z = torch.logsumexp(q_samples - lp, dim=1) - math.log(q_samples.shape[1])
+    return (q_data - y.detach()) ** 2 + a * (log_z - q_data)
 
 
 class Agent(NamedTuple):
@@ -126,4 +149,4 @@ def sample(x_K: Tensor, eps_fn: StateEpsFn, obs: Tensor, sched: Schedule, tau: S
     return Solver(sched, tau)(x_K, eps_fn, obs)
 
 
-__all__ = ["cql_loss", "Agent", "policy_loss", "Solver", "sample"]
+__all__ = ["cql_loss", "cql_sampled", "Agent", "policy_loss", "Solver", "sample"]

@@ -41,6 +41,25 @@ def cql_loss(q_all: ArrayLike, a_idx: ArrayLike, y: ArrayLike, alpha: float) -> 
     return np.asarray((q_data - target) ** 2 + float(a) * penalty, dtype=np.float64)
 
 
+def cql_sampled(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> Array:
+    """Clause ``dom2.cql_sampled``: (Q_data - y)^2 + alpha (log (1/M) sum_i exp(Q_i - log p_i) - Q_data) per row."""
+    cid = "dom2.cql_sampled"
+    qd = as_f64(q_data, cid, "q_data")
+    require(qd.ndim == 1, cid, f"q_data must have shape (B,), got {qd.shape}")
+    B = qd.shape[0]
+    qs = as_f64(q_samples, cid, "q_samples")
+    require(qs.ndim == 2 and qs.shape[0] == B and qs.shape[1] >= 1, cid,
+            f"q_samples must have shape ({B}, M) with M >= 1, got {qs.shape}")
+    lp = as_f64(log_p, cid, "log_p")
+    require(lp.shape == qs.shape, cid, f"log_p must have the shape of q_samples {qs.shape}, got {lp.shape}")
+    target = as_f64(y, cid, "y")
+    require(target.shape == (B,), cid, f"y must have shape ({B},), got {target.shape}")
+    a = as_f64(alpha, cid, "alpha")
+    require(a.ndim == 0 and float(a) >= 0, cid, f"alpha must be a scalar >= 0, got {alpha!r}")
+    log_z = logsumexp(qs - lp, axis=1) - np.log(qs.shape[1])
+    return np.asarray((qd - target) ** 2 + float(a) * (log_z - qd), dtype=np.float64)
+
+
 class Agent(NamedTuple):
     """One agent's batch and networks for the decentralised policy update (see diffusion_ql.loss)."""
 

@@ -392,6 +392,7 @@ class JointTransitions:
     next_observations: dict[str, np.ndarray]
     actions: np.ndarray
     action_split: dict[str, np.ndarray]
+    local_view: dict[str, np.ndarray]  # agent -> entries of the state that make its local observation
     rewards: np.ndarray
     terminals: np.ndarray
     ref_min_score: float | None
@@ -427,6 +428,7 @@ def load_joint(dataset_id: str, root: Path | str) -> JointTransitions:
     return JointTransitions(dataset_id, str(layout["partition"]), agents, cat.pop("state"), cat_next.pop("state"),
                             cat, cat_next, actions, {k: np.asarray(v, np.int64) for k, v in
                                                      layout["action_split"].items()},
+                            {k: np.asarray(v, np.int64) for k, v in layout["local_view"].items()},
                             np.concatenate(rews), np.concatenate(terms),
                             float(ref_min) if ref_min is not None else None,
                             float(ref_max) if ref_max is not None else None)

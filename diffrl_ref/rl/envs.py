@@ -93,10 +93,13 @@ def step(env: Any, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, d
     return np.asarray(obs, dtype=np.float32), float(r), bool(term), bool(trunc), info
 
 
-def evaluate(policy: Any, env: Any, seed: int, episodes: int) -> dict[str, float]:
-    """Deterministic-policy episodes from fixed seeds (the same at every evaluation): return, length, success."""
+def evaluate(policy: Any, env: Any, seed: int, episodes: int, new_episode: Any = None) -> dict[str, float]:
+    """Deterministic-policy episodes from fixed seeds (the same at every evaluation): return, length, success.
+    ``new_episode()``, if given, is called before each episode (a policy that keeps a history: MADiff's)."""
     returns, lengths, successes = [], [], []
     for i in range(episodes):
+        if new_episode is not None:
+            new_episode()
         obs, done, ret, n, success = reset(env, episode_seed(seed, i, True)), False, 0.0, 0, False
         while not done:
             a = policy(obs)

@@ -27,6 +27,14 @@ CLAUSES: dict[str, tuple[str, ...]] = {
     "edp": ("schedule.linear", "ddpm.noise", "diffusion_ql.bc_loss", "edp.weighted_elbo", "edp.policy_objective",
             "edp.action_approx", "edp.weights", "edp.expectile_loss", "edp.iql_q_target", "diffsr.critic_loss",
             "dpm_solver.pp_2m"),
+    "dom2": ("schedule.vp", "ddpm.noise", "diffusion_ql.bc_loss", "diffusion_ql.sample_action", "diffusion_ql.q_loss",
+             "diffusion_ql.loss", "dom2.policy_loss", "dom2.cql_sampled", "dom2.sample", "diffsr.td_target"),
+    "dof": ("schedule.linear", "ddpm.noise", "ddpm.simple_loss", "ddpm.reverse_step", "dof.noise_factorisation",
+            "dof.data_factorisation", "dof.train_step", "dof.policy_loss", "dof.decentralised_sample",
+            "diffsr.td_target", "diffsr.critic_loss"),
+    "madiff": ("schedule.cosine", "ddpm.noise", "ddpm.simple_loss", "decision_diffuser.dropout_loss",
+               "decision_diffuser.inverse_dynamics_loss", "diffuser.inpaint", "madiff.guided_eps", "guidance.cfg",
+               "ddim.step", "diffuser.sample", "madiff.decentralised_action"),
 }
 DTYPE = "float32"  # the agents train in float32
 IMPL = "fast"  # what is checked: the production path (the tests swap in one with a planted bug)

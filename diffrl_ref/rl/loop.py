@@ -31,19 +31,29 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import diffsr, diffusion_ql, edp, envs, gate, sac
+from . import diffsr, diffusion_ql, dof, dom2, edp, envs, gate, madiff, sac
 from .diffsr import DiffSRAgent, DiffSRConfig
 from .diffusion_ql import DiffusionQLAgent, DiffusionQLConfig
+from .dof import DoFAgent, DoFConfig
+from .dom2 import DOM2Agent, DOM2Config
 from .edp import EDPAgent, EDPConfig
 from .logs import EPISODE_COLUMNS, EVAL_COLUMNS, FORMAT, TRAIN_COLUMNS, CsvLog, atomic_write
+from .madiff import MADiffAgent, MADiffConfig
 from .sac import SB3SAC, SACConfig
 
-ALGOS = ("diffsr", "sac", "diffusion-ql", "edp")
-OFFLINE = ("diffusion-ql", "edp")  # learn from a dataset (--dataset); a step is a gradient step
+#: Offline learners: the agent class of each (built from the dataset, the config and the device).
+OFFLINE_AGENTS: dict[str, Any] = {"diffusion-ql": DiffusionQLAgent, "edp": EDPAgent, "dom2": DOM2Agent, "dof": DoFAgent,
+                                  "madiff": MADiffAgent}
+#: Offline multi-agent learners: they read multi-agent datasets (datasets.load_joint) and are evaluated in the
+#: partition's single-agent task, each agent acting on its own local view (rl.joint.DecentralisedAgent).
+MULTI_AGENT: tuple[str, ...] = ("dom2", "dof", "madiff")
+OFFLINE = tuple(OFFLINE_AGENTS)  # learn from a dataset (--dataset); a step is a gradient step
+ALGOS = ("diffsr", "sac", *OFFLINE)
 CONFIGS: dict[str, type[Any]] = {"diffsr": DiffSRConfig, "sac": SACConfig, "diffusion-ql": DiffusionQLConfig,
-                                 "edp": EDPConfig}
+                                 "edp": EDPConfig, "dom2": DOM2Config, "dof": DoFConfig, "madiff": MADiffConfig}
 DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac": sac.DOMAINS,
-                                                  "diffusion-ql": diffusion_ql.DOMAINS, "edp": edp.DOMAINS}
+                                                  "diffusion-ql": diffusion_ql.DOMAINS, "edp": edp.DOMAINS,
+                                                  "dom2": dom2.DOMAINS, "dof": dof.DOMAINS, "madiff": madiff.DOMAINS}
 
 
 #: Agents with ``actor_state`` (SAC) keep their actor every SNAPSHOT_EVERY steps and at the end, in
@@ -119,16 +129,22 @@ def agent_config(algo: str, overrides: dict[str, str]) -> Any:
 
 
 def make_agent(algo: str, cfg: Any, env: Any, seed: int, device: str, data: Any = None) -> Agent:
-    if algo == "diffusion-ql":
+    if algo in OFFLINE:  # built from the dataset; the seed sets the initial weights
         torch.manual_seed(seed)
-        return DiffusionQLAgent(data, cfg, device)
-    if algo == "edp":
-        torch.manual_seed(seed)
-        return EDPAgent(data, cfg, device)
+        agent: Agent = OFFLINE_AGENTS[algo](data, cfg, device)
+        return agent
     if algo == "sac":
         return SB3SAC(env, cfg, seed, device)
     torch.manual_seed(seed)
     return DiffSRAgent(env.observation_space.shape[0], env.action_space.shape[0], cfg, device)
+
+
+def eval_task(env: str) -> str:
+    """The env an agent is evaluated in: a Multi-Agent MuJoCo partition's single-agent v5 task (equal dynamics
+    and reward, marl.equivalence; the agents still act on their local views), any other env itself."""
+    from .marl import PARTITIONS
+
+    return PARTITIONS[env].single if env in PARTITIONS else env
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -232,7 +248,16 @@ class DeferredInterrupt:
 
 def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) ``cfg`` in ``out`` until ``cfg.steps`` environment steps; returns the summary."""
-    envs.check_name(cfg.env)
+    envs.check_name(eval_task(cfg.env))
+    if cfg.algo in OFFLINE:
+        from .marl import PARTITIONS
+
+        multi = cfg.env in PARTITIONS
+        if multi != (cfg.algo in MULTI_AGENT):
+            kind, need = ("multi-agent", "single-agent") if multi else ("single-agent", "multi-agent")
+            algos = [a for a in OFFLINE if (a in MULTI_AGENT) == multi]
+            raise RunError(f"dataset {cfg.dataset} is {kind} ({cfg.env}); {cfg.algo} trains on {need} datasets, "
+                           f"{kind} ones train {', '.join(algos)}")
     agent_cfg = agent_config(cfg.algo, {k: str(v) for k, v in cfg.hp.items()})
     if cfg.algo in OFFLINE:
         agent_cfg = agent_cfg.for_dataset(cfg.dataset, set(cfg.hp))
@@ -271,9 +296,10 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
     if offline:
         from . import datasets
 
-        data = datasets.load_transitions(cfg.dataset, Path(cfg.dataset_root))
+        load = datasets.load_joint if cfg.algo in MULTI_AGENT else datasets.load_transitions
+        data = load(cfg.dataset, Path(cfg.dataset_root))
     env = None if offline else envs.make(cfg.env, cfg.seed)
-    eval_env = envs.make(cfg.env, cfg.seed, evaluation=True)
+    eval_env = envs.make(eval_task(cfg.env), cfg.seed, evaluation=True)
     agent = make_agent(cfg.algo, agent_cfg, env, cfg.seed, cfg.device, data)
     da = eval_env.action_space.shape[0]
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, 7])))
@@ -313,7 +339,8 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
             return agent.act(obs, deterministic=True)
 
         def evaluate() -> dict[str, float]:
-            res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes)
+            res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes,
+                                new_episode=getattr(agent, "reset", None))
             eval_log.add({"step": st.t, **res, "train_seconds": st.train_seconds})
             for k, v in res.items():
                 tb.add_scalar(f"eval/{k}", v, st.t)

@@ -20,6 +20,13 @@ def cql_loss(b: Bridge, q_all: ArrayLike, a_idx: ArrayLike, y: ArrayLike, alpha:
     return b.out(F.cql_loss(b.x(q_all, cid, "q_all"), idx, b.x(y, cid, "y"), alpha))
 
 
+def cql_sampled(b: Bridge, q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike,
+                alpha: float) -> Any:
+    cid = "dom2.cql_sampled"
+    return b.out(F.cql_sampled(b.x(q_data, cid, "q_data"), b.x(q_samples, cid, "q_samples"), b.x(log_p, cid, "log_p"),
+                               b.x(y, cid, "y"), alpha))
+
+
 def _agent(b: Bridge, rec: Any, cid: str) -> Any:
     """A suite dom2.Agent record (NumPy, NumPy networks) as a production Agent; anything else passes unchanged."""
     if getattr(rec, "_fields", None) != F.Agent._fields:

@@ -63,6 +63,58 @@ def _cql_unchecked(q_all: ArrayLike, a_idx: ArrayLike, y: ArrayLike, alpha: floa
         return np.asarray((q_data - yy) ** 2 + alpha * (logsumexp(q2, axis=1) - q_data))
 
 
+# ---- cql_sampled ----------------------------------------------------------------------
+
+
+def _cqls_parts(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike,
+                alpha: float) -> tuple[F, F, F, F]:
+    ref.cql_sampled(q_data, q_samples, log_p, y, alpha)  # the domain checks
+    qd, qs, lp = (np.asarray(v, dtype=np.float64) for v in (q_data, q_samples, log_p))
+    return qd, qs, lp, (qd - np.asarray(y, dtype=np.float64)) ** 2
+
+
+def _cqls_no_mean(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> F:
+    qd, qs, lp, td = _cqls_parts(q_data, q_samples, log_p, y, alpha)
+    return np.asarray(td + alpha * (logsumexp(qs - lp, axis=1) - qd))  # CQL code's convention: no 1/M
+
+
+def _cqls_density_sign(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> F:
+    qd, qs, lp, td = _cqls_parts(q_data, q_samples, log_p, y, alpha)
+    return np.asarray(td + alpha * (logsumexp(qs + lp, axis=1) - np.log(qs.shape[1]) - qd))  # exp(Q) p, not exp(Q)/p
+
+
+def _cqls_mean(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> F:
+    qd, qs, lp, td = _cqls_parts(q_data, q_samples, log_p, y, alpha)
+    return np.asarray(td + alpha * (np.mean(qs - lp, axis=1) - qd))  # mean of the log-weights (Jensen's bound)
+
+
+def _cqls_max(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> F:
+    qd, qs, lp, td = _cqls_parts(q_data, q_samples, log_p, y, alpha)
+    return np.asarray(td + alpha * (np.max(qs - lp, axis=1) - qd))  # hard max in place of the log-mean-exp
+
+
+def _cqls_half_td(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> F:
+    qd, qs, lp, td = _cqls_parts(q_data, q_samples, log_p, y, alpha)
+    return np.asarray(0.5 * td + alpha * (logsumexp(qs - lp, axis=1) - np.log(qs.shape[1]) - qd))
+
+
+def _cqls_sign(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> F:
+    qd, qs, lp, td = _cqls_parts(q_data, q_samples, log_p, y, alpha)
+    return np.asarray(td + alpha * (qd - logsumexp(qs - lp, axis=1) + np.log(qs.shape[1])))  # penalty reversed
+
+
+def _cqls_unchecked(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike, alpha: float) -> F:
+    with np.errstate(all="ignore"):
+        qs = np.atleast_2d(np.asarray(q_samples, dtype=np.float64))
+        B = qs.shape[0]
+        qd = np.resize(np.asarray(q_data, dtype=np.float64), B)
+        lp = np.resize(np.asarray(log_p, dtype=np.float64), qs.shape)
+        yy = np.resize(np.asarray(y, dtype=np.float64), B)
+        M = max(qs.shape[1], 1)
+        lz = logsumexp(qs - lp, axis=1) - np.log(M) if qs.shape[1] else np.zeros(B)
+        return np.asarray((qd - yy) ** 2 + alpha * (lz - qd))
+
+
 # ---- policy_loss ----------------------------------------------------------------------
 
 
@@ -167,6 +219,29 @@ def _sample_unchecked(x_K: ArrayLike, eps_fn: StateEpsFn, obs: ArrayLike, betas:
 
 
 MUTANTS = [
+    Mutant("dom2_cqls_no_1_over_M", "dom2.cql_sampled",
+           ("finite_set_reduces", "exact_for_ideal_proposal", "matches_reference"),
+           "log sum_i exp(Q_i - log p_i) without the 1/M (the CQL code's convention, a constant log M)",
+           {"dom2.cql_sampled": _cqls_no_mean}),
+    Mutant("dom2_cqls_density_multiplies", "dom2.cql_sampled",
+           ("finite_set_reduces", "exact_for_ideal_proposal", "proposal_density_enters_inverted",
+            "matches_reference"),
+           "importance weights exp(Q) p instead of exp(Q) / p", {"dom2.cql_sampled": _cqls_density_sign}),
+    Mutant("dom2_cqls_mean_log_weight", "dom2.cql_sampled", ("finite_set_reduces", "matches_reference"),
+           "the mean of Q - log p (Jensen's lower bound) in place of the log-mean-exp",
+           {"dom2.cql_sampled": _cqls_mean}),
+    Mutant("dom2_cqls_max_log_weight", "dom2.cql_sampled",
+           ("finite_set_reduces", "suppresses_unseen", "matches_reference"),
+           "max_i (Q_i - log p_i) in place of the log-mean-exp", {"dom2.cql_sampled": _cqls_max}),
+    Mutant("dom2_cqls_half_td", "dom2.cql_sampled",
+           ("td_term", "finite_set_reduces", "exact_for_ideal_proposal", "matches_reference"),
+           "(1/2)(Q - y)^2 (CQL paper's convention) where DOM2 writes (Q - y)^2", {"dom2.cql_sampled": _cqls_half_td}),
+    Mutant("dom2_cqls_penalty_sign_flipped", "dom2.cql_sampled",
+           ("finite_set_reduces", "exact_for_ideal_proposal", "proposal_density_enters_inverted",
+            "suppresses_unseen", "matches_reference"),
+           "alpha (Q_data - log-mean-exp): the conservative penalty reversed", {"dom2.cql_sampled": _cqls_sign}),
+    Mutant("dom2_cqls_no_domain_check", "dom2.cql_sampled", ("rejects_out_of_domain",),
+           "NaN, negative alpha, M = 0 and mismatched shapes accepted", {"dom2.cql_sampled": _cqls_unchecked}),
     Mutant("dom2_cql_max_for_logsumexp", "dom2.cql_loss",
            ("constant_q_gives_log_n", "uniform_behaviour_jensen", "matches_reference"),
            "max_a Q in place of log sum_a exp Q", {"dom2.cql_loss": _cql_max}),

@@ -856,6 +856,27 @@ def _cql_penalty_batch_mean(q_all: ArrayLike, a_idx: ArrayLike, y: ArrayLike, al
     return BR.out((q_data - yy) ** 2 + float(alpha) * penalty)
 
 
+def _cqls_penalty_batch_mean(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike,
+                             alpha: float) -> Any:
+    """The sampled CQL penalty reduced with .mean() over the batch and added to every row."""
+    cid = "dom2.cql_sampled"
+    qd, qs, lp, yy = (BR.x(v, cid, n) for v, n in ((q_data, "q_data"), (q_samples, "q_samples"), (log_p, "log_p"),
+                                                   (y, "y")))
+    f_dom2.cql_sampled(qd, qs, lp, yy, alpha)  # validates
+    penalty = (torch.logsumexp(qs - lp, dim=1) - math.log(qs.shape[1]) - qd).mean()
+    return BR.out((qd - yy) ** 2 + float(alpha) * penalty)
+
+
+def _cqls_log_p_per_batch(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike,
+                          alpha: float) -> Any:
+    """The proposal's density taken from the first sample of each row (as for a uniform proposal) for all M."""
+    cid = "dom2.cql_sampled"
+    qd, qs, lp, yy = (BR.x(v, cid, n) for v, n in ((q_data, "q_data"), (q_samples, "q_samples"), (log_p, "log_p"),
+                                                   (y, "y")))
+    f_dom2.cql_sampled(qd, qs, lp, yy, alpha)  # validates
+    return BR.out(f_dom2.cql_sampled(qd, qs, lp[:, :1].expand_as(qs), yy, alpha))
+
+
 def _dom2_policy_loss_pooled_normaliser(agents: Sequence[Any], betas: ArrayLike, eta: float = 1.0,
                                         max_action: float | None = 1.0, variance: str = "beta_tilde") -> Any:
     """E|Q'| pooled over all agents' critics (torch.cat, one normaliser for the team), not each agent's own."""
@@ -1399,6 +1420,14 @@ MUTANTS = [
            ("penalty_bounds", "uniform_behaviour_jensen", "suppresses_unseen", "matches_reference"),
            "the CQL penalty averaged over the batch and added to every row",
            {"dom2.cql_loss": _cql_penalty_batch_mean}, target="fast"),
+    Mutant("fast_dom2_cqls_penalty_batch_mean", "dom2.cql_sampled",
+           ("finite_set_reduces", "exact_for_ideal_proposal", "matches_reference"),
+           "the sampled CQL penalty averaged over the batch and added to every row",
+           {"dom2.cql_sampled": _cqls_penalty_batch_mean}, target="fast"),
+    Mutant("fast_dom2_cqls_first_density_for_all", "dom2.cql_sampled",
+           ("exact_for_ideal_proposal", "matches_reference"),
+           "the first sample's log p used for all M samples (right only for a uniform proposal)",
+           {"dom2.cql_sampled": _cqls_log_p_per_batch}, target="fast"),
     Mutant("fast_dom2_policy_loss_pooled_normaliser", "dom2.policy_loss",
            ("decentralised", "per_agent_diffusion_ql", "matches_reference"),
            "E|Q'| pooled over all agents' critics instead of each agent's own",
