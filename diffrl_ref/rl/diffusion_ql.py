@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..fast import diffsr as D
 from ..fast import diffusion_ql as F
 from ..fast import schedule
-from ..fast.nets import DiffusionQLNet
+from ..fast.nets import DiffusionQLNet, Mish
 from ..fast.schedule import Schedule
 from .datasets import Transitions
 from .domains import DISCOUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
@@ -143,8 +143,8 @@ class DoubleCritic(nn.Module):
         super().__init__()
 
         def q() -> nn.Sequential:
-            return nn.Sequential(nn.Linear(ds + da, hidden), nn.Mish(), nn.Linear(hidden, hidden), nn.Mish(),
-                                 nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
+            return nn.Sequential(nn.Linear(ds + da, hidden), Mish(), nn.Linear(hidden, hidden), Mish(),
+                                 nn.Linear(hidden, hidden), Mish(), nn.Linear(hidden, 1))
 
         self.q1, self.q2 = q(), q()
 

@@ -39,7 +39,7 @@ from ..fast import diffusion_ql as Q
 from ..fast import edp as E
 from ..fast.ddim import uniform_tau
 from ..fast.dpm_solver import DPMSolverSampler
-from ..fast.nets import DiffusionQLNet
+from ..fast.nets import DiffusionQLNet, Mish
 from ..fast.schedule import Schedule
 from .datasets import Transitions
 from .diffusion_ql import FAMILIES as DQL_FAMILIES
@@ -155,8 +155,8 @@ class ValueNet(nn.Module):
 
     def __init__(self, ds: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(ds, hidden), nn.Mish(), nn.Linear(hidden, hidden), nn.Mish(),
-                                 nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(ds, hidden), Mish(), nn.Linear(hidden, hidden), Mish(),
+                                 nn.Linear(hidden, hidden), Mish(), nn.Linear(hidden, 1))
 
     def forward(self, s: Tensor) -> Tensor:
         out: Tensor = self.net(s).squeeze(-1)

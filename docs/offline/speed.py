@@ -28,8 +28,8 @@ wall clock when other processes share the CPU). Then action selection at batch 1
 candidate actions and choosing by softmax of the target Q: after 20 warm-up calls each, 200 calls of
 ``ours.act(obs, True)`` and of ``official.sample_action(obs)``, alternating call by call, median latency
 (wall clock and process CPU time, with quartiles). Last, a torch.profiler pass over P steps of each
-(interleaved the same way, not timed for the table) gives the share of self CPU time in the dense layers
-and Mish and the number of Mish backward calls per step. All in float32 on the CPU with
+(interleaved the same way, not timed for the table) gives the self CPU time per step in the dense layers
+and in Mish, and the number of Mish calls per step. All in float32 on the CPU with
 ``torch.set_num_threads`` (``--threads``, default 1). Writes ``speed.json`` (every number, the command,
 the date in UTC, the CPU model, versions, the load average before and after) and ``speed.rst`` (a table
 and a note) to ``--out`` (default: this script's folder).
@@ -143,11 +143,16 @@ def quantiles(xs: list[float]) -> dict[str, float]:
 
 
 def profile(ours: Any, official: Any, sampler: Any, steps: int, batch: int) -> dict[str, Any]:
-    """Self CPU time per op over ``steps`` steps of each: the dense-layer and Mish share, Mish backward calls."""
+    """Self CPU time per op over ``steps`` steps of each: the time in the dense layers and in Mish per step.
+
+    Mish is ATen's kernel in the official code (aten::mish, aten::mish_backward: self time) and
+    fast.nets.Mish in ours (the autograd function's events _OneExpMish and _OneExpMishBackward: their total
+    time, which includes the elementwise ops they run)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    heavy = ("aten::mm", "aten::addmm", "aten::mish", "aten::mish_backward")
+    dense = ("aten::mm", "aten::addmm")
+    mish_self, mish_total = ("aten::mish", "aten::mish_backward"), ("_OneExpMish", "_OneExpMishBackward")
     out: dict[str, Any] = {}
     for name, run in (("ours", lambda: [ours.update() for _ in range(steps)]),
                       ("official", lambda: official.train(sampler, iterations=steps, batch_size=batch))):
@@ -155,11 +160,14 @@ def profile(ours: Any, official: Any, sampler: Any, steps: int, batch: int) -> d
             run()
         ev = {e.key: e for e in prof.key_averages()}
         total = sum(e.self_cpu_time_total for e in ev.values())
+        mish_us = (sum(ev[k].self_cpu_time_total for k in mish_self if k in ev)
+                   + sum(ev[k].cpu_time_total for k in mish_total if k in ev))
         out[name] = {
             "steps": steps,
             "self_cpu_ms_per_step": total / 1000 / steps,
-            "share_mm_addmm_mish": sum(ev[k].self_cpu_time_total for k in heavy if k in ev) / total,
-            "calls_per_step": {k: ev[k].count / steps for k in heavy if k in ev},
+            "dense_ms_per_step": sum(ev[k].self_cpu_time_total for k in dense if k in ev) / 1000 / steps,
+            "mish_ms_per_step": mish_us / 1000 / steps,
+            "calls_per_step": {k: ev[k].count / steps for k in (*dense, *mish_self, *mish_total) if k in ev},
             "isfinite_calls_per_step": ev["aten::isfinite"].count / steps if "aten::isfinite" in ev else 0,
         }
     return out
@@ -333,22 +341,22 @@ def render(res: dict[str, Any]) -> str:
     prof_text = ""
     if prof:
         po, pf = prof["ours"], prof["official"]
-        mb_o = po["calls_per_step"].get("aten::mish_backward", 0)
-        mb_f = pf["calls_per_step"].get("aten::mish_backward", 0)
-        def calls(p: dict[str, Any]) -> str:
+        def mish_calls(p: dict[str, Any]) -> str:
             c = p["calls_per_step"]
-            dense = c.get("aten::mm", 0) + c.get("aten::addmm", 0)
-            return f"{c.get('aten::mish', 0):.0f} Mish and {dense:.0f} mm/addmm"
+            fwd = c.get("aten::mish", 0) + c.get("_OneExpMish", 0)
+            bwd = c.get("aten::mish_backward", 0) + c.get("_OneExpMishBackward", 0)
+            return f"{fwd:.0f} forward and {bwd:.0f} backward"
 
         prof_text = (
-            f" A torch.profiler pass over {po['steps']} steps of each puts {100 * po['share_mm_addmm_mish']:.0f}% "
-            f"(ours) and {100 * pf['share_mm_addmm_mish']:.0f}% (official) of the self CPU time in the same ATen "
-            "kernels, the dense layers (mm, addmm) and Mish forward and backward (calls per step: "
-            f"{calls(po)} for ours, {calls(pf)} for the official code). Ours runs {mb_o:.0f} Mish backward calls "
-            f"per step against the official {mb_f:.0f}: it back-propagates (zeros) through the normalising critic "
-            "at a^0 too, because both critics come from one stacked forward pass, where the official graph reaches "
-            f"only the maximised critic. Ours also runs {po['isfinite_calls_per_step']:.0f} isfinite value checks "
-            "per step (the training loop runs with checks on)."
+            f" A torch.profiler pass over {po['steps']} steps of each: ours {po['self_cpu_ms_per_step']:.1f} ms of "
+            f"self CPU time per step, of which {po['dense_ms_per_step']:.1f} ms in the dense layers (mm, addmm) and "
+            f"{po['mish_ms_per_step']:.1f} ms in Mish (fast.nets.Mish, {mish_calls(po)} calls); the official code "
+            f"{pf['self_cpu_ms_per_step']:.1f} ms, of which {pf['dense_ms_per_step']:.1f} ms dense and "
+            f"{pf['mish_ms_per_step']:.1f} ms in ATen's Mish ({mish_calls(pf)} calls). The two evaluate the same "
+            "dense layers; ours evaluates Mish from one exponential with a hand-written derivative "
+            "(tests/test_fast.py checks it against mish in float64 to a few ulps), ATen from exp, log1p and tanh. "
+            f"Ours also runs {po['isfinite_calls_per_step']:.0f} isfinite value checks per step (the training "
+            "loop runs with checks on)."
         )
     stub_text = ("No module had to be stubbed: the official utils/logger.py finds the tabulate.py the "
                  "repository ships and the installed python-dateutil" if not res["stubs"]
