@@ -37,7 +37,8 @@ class _OneExpMish(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> Tensor:
         x, e, t = ctx.saved_tensors
-        return g * (t + x * (1.0 - t * t) * (e / (1.0 + e)))
+        out: Tensor = g * (t + x * (1.0 - t * t) * (e / (1.0 + e)))
+        return out
 
 
 class Mish(nn.Module):
@@ -46,7 +47,7 @@ class Mish(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-            out: Tensor = _OneExpMish.apply(x)
+            out: Tensor = _OneExpMish.apply(x)  # type: ignore[no-untyped-call]
             return out
         return nn.functional.mish(x)
 
