@@ -10,11 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +18,8 @@ import torch
 
 pytest.importorskip("gymnasium_robotics")
 pytest.importorskip("minari")
+
+from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.rl import gate  # noqa: E402
@@ -132,11 +129,6 @@ def test_execution_is_decentralised() -> None:
 # ---- end to end ------------------------------------------------------------------------------------
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return [{k: v for k, v in r.items() if k not in ("train_seconds", "steps_per_s")} for r in csv.DictReader(fh)]
-
-
 def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["train", "dom2", "--dataset", ID, "--dataset-root", str(root), "--steps", str(steps), "--out", str(out),
             "--seed", "1", "--eval-every", "100", "--eval-episodes", "1", "--checkpoint-every", "50",
@@ -164,23 +156,11 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
     conf = json.loads((straight / "config.json").read_text())
     assert conf["identity"]["dataset"] == ID and conf["identity"]["env"] == "HalfCheetah-2x3"
     argv = _train(root, killed, 300, "--skip-conformance")
-    proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            ck = killed / "checkpoint.pt"
-            if ck.exists() and torch.load(ck, weights_only=False)["state"]["t"] >= 100:
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_after_checkpoint(argv, killed, 100, timeout=300)
     assert not (killed / "done.json").exists()
     assert cli.main(argv) == 0
     for name in ("eval.csv", "train.csv"):
-        assert _rows(straight / name) == _rows(killed / name), name
+        assert log_rows(straight / name) == log_rows(killed / name), name
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]["policies"]
     b = torch.load(killed / "checkpoint.pt", weights_only=False)["agent"]["policies"]
     assert all(torch.equal(a[k], b[k]) for k in a)

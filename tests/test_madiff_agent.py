@@ -7,12 +7,8 @@ the documented command sequence trains, resumes after kill -9 to the same number
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +19,8 @@ import torch
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
+
+from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import guidance  # noqa: E402
@@ -234,11 +232,6 @@ ID = "diffrl/halfcheetah-2x3/random-v0"
 HP = [x for k, v in {**TINY, "eval_steps": 1}.items() for x in ("--hp", f"{k}={v}")]
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return [{k: v for k, v in r.items() if k not in ("train_seconds", "steps_per_s")} for r in csv.DictReader(fh)]
-
-
 def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["train", "madiff", "--dataset", ID, "--dataset-root", str(root), "--steps", str(steps),
             "--out", str(out), "--seed", "1", "--eval-every", "200", "--eval-episodes", "1",
@@ -264,29 +257,16 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
     assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES["madiff"]}
     conf = json.loads((straight / "config.json").read_text())
     assert conf["identity"]["env"] == "HalfCheetah-2x3" and conf["resolved"]["returns_scale"] == 100.0
-    evals = _rows(straight / "eval.csv")
+    evals = log_rows(straight / "eval.csv")
     assert [r["step"] for r in evals] == ["0", "200"] and all(r["length_mean"] == "1000" for r in evals)
     argv = _train(root, killed, 200, "--skip-conformance")
-    proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600
-    try:
-        while True:
-            ck = killed / "checkpoint.pt"
-            if ck.exists() and torch.load(ck, weights_only=False)["state"]["t"] >= 100:
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: the loop stops between two steps
-        _, err = proc.communicate(timeout=600)
-    lines = err.decode().strip().splitlines()
-    assert proc.returncode == 130 and len(lines) == 2 and "resumes" in lines[1], lines  # after --skip-conformance's
+    code, lines = stop_after_checkpoint(argv, killed, 100, signal.SIGINT)  # Ctrl-C: stops between two steps
+    assert code == 130 and len(lines) == 2 and "resumes" in lines[1], lines  # after --skip-conformance's
     assert not (killed / "done.json").exists()
     assert cli.main(argv) == 0
     for name in ("eval.csv", "train.csv"):
-        assert _rows(straight / name) == _rows(killed / name), name
-    assert len(_rows(straight / "train.csv")) == 8 and _rows(straight / "train.csv")[-1]["actor_loss"]
+        assert log_rows(straight / name) == log_rows(killed / name), name
+    assert len(log_rows(straight / "train.csv")) == 8 and log_rows(straight / "train.csv")[-1]["actor_loss"]
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]
     b = torch.load(killed / "checkpoint.pt", weights_only=False)["agent"]
     for part in ("model", "ema"):

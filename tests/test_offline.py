@@ -8,13 +8,7 @@ resumes after kill -9 to the same numbers, and plots.
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +19,8 @@ from torch import nn
 pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
 pytest.importorskip("h5py")
+
+from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import diffsr as D  # noqa: E402
@@ -95,11 +91,6 @@ def test_update_trains_critic_and_policy_and_the_td_target_is_the_clause() -> No
     torch.testing.assert_close(D.td_target(r, d, qn, 0.9), torch.tensor([1.0 + 0.9 * 3.0, 2.0]))
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return [{k: v for k, v in r.items() if k not in ("train_seconds", "steps_per_s")} for r in csv.DictReader(fh)]
-
-
 def _train(algo: str, root: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["train", algo, "--dataset", ID, "--dataset-root", str(root), "--steps", str(steps),
             "--out", str(out), "--seed", "1", "--eval-every", "100", "--eval-episodes", "1",
@@ -128,23 +119,11 @@ def test_make_train_kill_resume_plot(algo: str, hopper_random: Path, tmp_path: P
     conf = json.loads((straight / "config.json").read_text())
     assert conf["identity"]["dataset"] == ID and conf["identity"]["env"] == "Hopper-v5"
     argv = _train(algo, root, killed, 300, "--skip-conformance")
-    proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            ck = killed / "checkpoint.pt"
-            if ck.exists() and torch.load(ck, weights_only=False)["state"]["t"] >= 100:
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_after_checkpoint(argv, killed, 100, timeout=300)
     assert not (killed / "done.json").exists()
     assert cli.main(argv) == 0
     for name in ("eval.csv", "train.csv"):
-        assert _rows(straight / name) == _rows(killed / name), name
+        assert log_rows(straight / name) == log_rows(killed / name), name
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]["policy"]
     b = torch.load(killed / "checkpoint.pt", weights_only=False)["agent"]["policy"]
     assert all(torch.equal(a[k], b[k]) for k in a)

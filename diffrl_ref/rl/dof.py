@@ -31,7 +31,7 @@ each step to its clause and lists the differences from the paper and the officia
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -43,8 +43,9 @@ from ..fast import schedule
 from ..fast.nets import DiffusionQLNet
 from ..fast.schedule import Schedule
 from .datasets import DatasetError, JointTransitions
+from .diffusion_ql import DOMAINS as DQL_DOMAINS
 from .diffusion_ql import DoubleCritic
-from .domains import DISCOUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
+from .domains import Domain, one_of
 from .joint import DecentralisedAgent, JointBatch, JointSampler
 
 
@@ -81,20 +82,13 @@ class DoFConfig:
         return self
 
 
+#: The fields DoF shares with Diffusion-QL have Diffusion-QL's domains; DoF's own (and K, >= 2 here) follow.
 DOMAINS: dict[str, Domain] = {
+    **{f.name: DQL_DOMAINS[f.name] for f in fields(DoFConfig) if f.name in DQL_DOMAINS},
     "factorisation": one_of(*F.NOISE_MODES),
     "K": (lambda v: v >= 2, "an integer >= 2 (schedule.linear)"),
     **dict.fromkeys(("beta_start", "beta_end"), (lambda v: 0 < v < 1, "a number in (0, 1)")),
     "variance": one_of("beta_tilde", "beta"),
-    **dict.fromkeys(("hidden", "batch_size", "ema_every"), POSITIVE_INT),
-    "t_dim": (lambda v: v >= 4 and v % 2 == 0, "an even integer >= 4"),
-    "ema_start": NON_NEGATIVE_INT,
-    **dict.fromkeys(("lr", "critic_lr", "max_action"), POSITIVE),
-    "eta": NON_NEGATIVE,
-    "grad_norm": (NON_NEGATIVE[0], "a number >= 0 (0: no clipping)"),
-    "gamma": DISCOUNT,
-    "tau": POLYAK,
-    "ema_decay": DISCOUNT,
 }
 
 _DQL = "not read from DoF's code: Diffusion-QL's official value, the code DoF's policy builds on"
@@ -217,8 +211,8 @@ class DoFAgent(DecentralisedAgent):
         return c
 
     def policy_objective(self, obs: list[Tensor], a: Tensor, k: Tensor, eps: Tensor, x_K: Tensor, z: Tensor,
-                         head: int) -> tuple[Tensor, Tensor]:
-        """(L, L_BC) of one batch, a (B, N, d) the agents' dataset actions: L = mean over rows of
+                         head: int) -> Tensor:
+        """L of one batch, a (B, N, d) the agents' dataset actions: L = mean over rows of
         dof.policy_loss / (N d), Q_i,head maximised and the other head normalising. The critics must be frozen
         by the caller for a policy step."""
         n = self.N * self.d
@@ -230,9 +224,7 @@ class DoFAgent(DecentralisedAgent):
         with torch.no_grad():  # E|Q'| is a stop-gradient constant of the clause
             q_norm = self.q_heads(obs, a0, 1 - head)
         rows = F.policy_loss(a_tot, k, eps, fns, self.sched, q_new, self.cfg.eta * n, mode, w, q_norm)
-        with torch.no_grad():  # the BC part alone, for the logs (eta = 0 is L_BC)
-            bc = F.policy_loss(a_tot, k, eps, fns, self.sched, q_new.detach(), 0.0, mode, w, q_norm).mean() / n
-        return rows.mean() / n, bc
+        return rows.mean() / n
 
     def critic_objective(self, b: JointBatch, a_tot: Tensor, a_next: Tensor) -> Tensor:
         """sum_i mean_b sum_h (Q_i,h(o_i, a_i) - y_i)^2, y_i the clipped double-Q target of agent i."""
@@ -269,7 +261,7 @@ class DoFAgent(DecentralisedAgent):
         z = torch.randn(K, B, N, d, device=self.device)
         self.critic.requires_grad_(False)  # constants here: the gradient reaches the policies through a^0
         try:
-            policy_loss, bc = self.policy_objective(b.obs, a_tot, k, eps, x_K, z, head)
+            policy_loss = self.policy_objective(b.obs, a_tot, k, eps, x_K, z, head)
             self.policy_opt.zero_grad(set_to_none=True)
             policy_loss.backward()  # type: ignore[no-untyped-call]
         finally:
@@ -284,7 +276,7 @@ class DoFAgent(DecentralisedAgent):
             for p_t, p in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
                 p_t.lerp_(p, cfg.tau)
         self.steps += 1
-        return {"critic_loss": critic_loss.detach(), "actor_loss": policy_loss.detach(), "bc_loss": bc}
+        return {"critic_loss": critic_loss.detach(), "actor_loss": policy_loss.detach()}
 
     # ---- checkpoint ---------------------------------------------------------------------------
 

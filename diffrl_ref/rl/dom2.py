@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, cast
 
 import torch
@@ -36,8 +36,9 @@ from ..fast import schedule
 from ..fast.nets import DiffusionQLNet
 from ..fast.schedule import Schedule
 from .datasets import JointTransitions
+from .diffusion_ql import DOMAINS as DQL_DOMAINS
 from .diffusion_ql import DoubleCritic, select_by_q
-from .domains import DISCOUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POLYAK, POSITIVE, POSITIVE_INT, Domain
+from .domains import NON_NEGATIVE, POSITIVE_INT, Domain
 from .joint import DecentralisedAgent, JointSampler
 
 
@@ -73,17 +74,11 @@ class DOM2Config:
         return self
 
 
+#: The fields DOM2 shares with Diffusion-QL have Diffusion-QL's domains; DOM2's own follow.
 DOMAINS: dict[str, Domain] = {
-    **dict.fromkeys(("K", "solver_steps", "hidden", "batch_size", "ema_every", "eval_samples", "cql_samples"),
-                    POSITIVE_INT),
-    "t_dim": (lambda v: v >= 4 and v % 2 == 0, "an even integer >= 4"),
-    "ema_start": NON_NEGATIVE_INT,
-    **dict.fromkeys(("lr", "critic_lr", "max_action"), POSITIVE),
-    **dict.fromkeys(("eta", "cql_alpha"), NON_NEGATIVE),
-    "grad_norm": (NON_NEGATIVE[0], "a number >= 0 (0: no clipping)"),
-    "gamma": DISCOUNT,
-    "tau": POLYAK,
-    "ema_decay": DISCOUNT,
+    **{f.name: DQL_DOMAINS[f.name] for f in fields(DOM2Config) if f.name in DQL_DOMAINS},
+    **dict.fromkeys(("solver_steps", "cql_samples"), POSITIVE_INT),
+    "cql_alpha": NON_NEGATIVE,
 }
 
 HYPERPARAMETERS: dict[str, str] = {

@@ -856,13 +856,20 @@ def _cql_penalty_batch_mean(q_all: ArrayLike, a_idx: ArrayLike, y: ArrayLike, al
     return BR.out((q_data - yy) ** 2 + float(alpha) * penalty)
 
 
+def _cqls_args(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike,
+               alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The production tensors of dom2.cql_sampled's arguments, validated by the production function."""
+    cid = "dom2.cql_sampled"
+    qd, qs, lp, yy = (BR.x(q_data, cid, "q_data"), BR.x(q_samples, cid, "q_samples"), BR.x(log_p, cid, "log_p"),
+                      BR.x(y, cid, "y"))
+    f_dom2.cql_sampled(qd, qs, lp, yy, alpha)
+    return qd, qs, lp, yy
+
+
 def _cqls_penalty_batch_mean(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike,
                              alpha: float) -> Any:
     """The sampled CQL penalty reduced with .mean() over the batch and added to every row."""
-    cid = "dom2.cql_sampled"
-    qd, qs, lp, yy = (BR.x(v, cid, n) for v, n in ((q_data, "q_data"), (q_samples, "q_samples"), (log_p, "log_p"),
-                                                   (y, "y")))
-    f_dom2.cql_sampled(qd, qs, lp, yy, alpha)  # validates
+    qd, qs, lp, yy = _cqls_args(q_data, q_samples, log_p, y, alpha)
     penalty = (torch.logsumexp(qs - lp, dim=1) - math.log(qs.shape[1]) - qd).mean()
     return BR.out((qd - yy) ** 2 + float(alpha) * penalty)
 
@@ -870,10 +877,7 @@ def _cqls_penalty_batch_mean(q_data: ArrayLike, q_samples: ArrayLike, log_p: Arr
 def _cqls_log_p_per_batch(q_data: ArrayLike, q_samples: ArrayLike, log_p: ArrayLike, y: ArrayLike,
                           alpha: float) -> Any:
     """The proposal's density taken from the first sample of each row (as for a uniform proposal) for all M."""
-    cid = "dom2.cql_sampled"
-    qd, qs, lp, yy = (BR.x(v, cid, n) for v, n in ((q_data, "q_data"), (q_samples, "q_samples"), (log_p, "log_p"),
-                                                   (y, "y")))
-    f_dom2.cql_sampled(qd, qs, lp, yy, alpha)  # validates
+    qd, qs, lp, yy = _cqls_args(q_data, q_samples, log_p, y, alpha)
     return BR.out(f_dom2.cql_sampled(qd, qs, lp[:, :1].expand_as(qs), yy, alpha))
 
 
