@@ -29,7 +29,8 @@ What it does, step by step:
   ``imageio``, which ``gymnasium[mujoco]`` brings).
 * Writes the project's run-folder format (``diffrl_ref/rl/loop.py``): ``config.json`` (identity, resolved
   hyperparameters, versions), ``eval.csv``, ``train.csv`` (``steps_per_s``, ``critic_loss`` and
-  ``actor_loss``; BC's loss is its actor loss), an empty ``episodes.csv``, and ``done.json`` at the end, so
+  ``actor_loss``; BC's loss is its actor loss), an empty ``episodes.csv``, ``dataset.json`` (the dataset's
+  reference and average returns, ``diffrl_ref.rl.datasets.record``), and ``done.json`` at the end, so
   ``diffrl plot`` (project environment) reports the run under the algorithm ``d3rlpy-ALGO``. Every loss
   d3rlpy returns goes to ``d3rlpy_losses.csv``. No TensorBoard files.
 * After each evaluation and at the last step, saves ``checkpoint.pkl`` atomically: the learnable as
@@ -93,7 +94,9 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: diffrl_ref.rl.{en
 sys.path.insert(0, str(ROOT))
 # the run-folder format and the Minari root handling are the project's own (no copies here); these modules
 # import nothing that the d3rlpy environment lacks
+from diffrl_ref.rl.datasets import RECORD as DATASET_RECORD  # noqa: E402
 from diffrl_ref.rl.datasets import minari_root  # noqa: E402
+from diffrl_ref.rl.datasets import record as dataset_record  # noqa: E402
 from diffrl_ref.rl.logs import EPISODE_COLUMNS, EVAL_COLUMNS, FORMAT, TRAIN_COLUMNS, CsvLog, atomic_write  # noqa: E402
 
 ALGOS = ("bc", "td3bc", "iql", "cql")
@@ -583,6 +586,8 @@ def _run(args: argparse.Namespace, envs: Any, data: Data, ident: dict[str, Any],
         atomic_write(conf_path, lambda p: p.write_text(json.dumps(
             {"identity": ident, "resolved": resolved, "versions": versions(), "dataset_root": str(args.dataset_root),
              "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}, indent=1)))
+        rec = dataset_record(args.dataset, Path(args.dataset_root))  # as diffrl train writes it
+        atomic_write(out / DATASET_RECORD, lambda p: p.write_text(json.dumps(rec, indent=1)))
         done_path.unlink(missing_ok=True)
         for stale in ("d3rlpy_losses.csv",):
             (out / stale).unlink(missing_ok=True)

@@ -1,14 +1,17 @@
-"""Helpers the end-to-end training tests share: a run's log rows, and a run stopped after a checkpoint."""
+"""Helpers the end-to-end training tests share: a run's log rows, a run stopped after a checkpoint, and the
+rows ``diffrl plot`` made of an offline run."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,3 +45,17 @@ def stop_after_checkpoint(argv: list[str], folder: Path, step: int, sig: int = s
             proc.send_signal(sig)
         _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err.decode().strip().splitlines()
+
+
+def plotted(out: Path, dataset_id: str, root: Path, step: int) -> dict[str, dict[str, Any]]:
+    """``diffrl plot``'s rows in ``out`` by algorithm, after checking the offline dataset's own row: its average
+    return (normalised where the dataset has both reference returns) equals the dataset's, read here."""
+    from diffrl_ref.rl import datasets
+
+    rows = {r["algo"]: r for r in json.loads((out / "results.json").read_text())}
+    rec = datasets.record(dataset_id, root)
+    lo, hi, avg = rec["ref_min_score"], rec["ref_max_score"], rec["average_return"]
+    want = avg if hi is None else 100.0 * (avg - lo) / (hi - lo)
+    got = rows["dataset"]["at"][str(step)]["mean"]
+    assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (got, want)
+    return rows

@@ -9,7 +9,6 @@ of this checkout; without either it is skipped. The other tests run in the proje
 from __future__ import annotations
 
 import copy
-import csv
 import importlib.util
 import json
 import os
@@ -24,6 +23,8 @@ import pytest
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
+
+from runs_util import log_rows, plotted  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.rl import logs, loop  # noqa: E402
@@ -215,10 +216,6 @@ def _d3rlpy_python() -> str:
                 "`tox -e d3rlpy` (baselines/constraints-d3rlpy.txt)")
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return [{k: v for k, v in r.items() if k not in ("train_seconds", "steps_per_s")} for r in csv.DictReader(fh)]
-
 
 def test_d3rlpy_iql_run_resumes_and_is_plotted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """diffrl dataset make (gymnasium 1.4.0) -> d3rlpy_run.py iql (d3rlpy's python, gymnasium 1.0.0), a run
@@ -245,9 +242,9 @@ def test_d3rlpy_iql_run_resumes_and_is_plotted(tmp_path: Path, capsys: pytest.Ca
     assert d3(resumed, 100).returncode == 0  # stops at 100 with a checkpoint; the same command to 200 goes on
     assert d3(resumed, 200).returncode == 0
     for name in ("eval.csv", "train.csv", "d3rlpy_losses.csv"):
-        assert _rows(straight / name) == _rows(resumed / name), name
-    assert [r["step"] for r in _rows(straight / "eval.csv")] == ["0", "100", "200"]
-    assert _rows(straight / "episodes.csv") == []
+        assert log_rows(straight / name) == log_rows(resumed / name), name
+    assert [r["step"] for r in log_rows(straight / "eval.csv")] == ["0", "100", "200"]
+    assert log_rows(straight / "episodes.csv") == []
     done = json.loads((straight / "done.json").read_text())
     assert done["steps"] == done["learn_steps"] == 200 and done["last_eval"]["return_mean"] > 0
     again = d3(straight, 200)
@@ -256,9 +253,11 @@ def test_d3rlpy_iql_run_resumes_and_is_plotted(tmp_path: Path, capsys: pytest.Ca
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("d3rlpy_run: ")
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = json.loads((tmp_path / "plot" / "results.json").read_text())
-    assert rows[0]["algo"] == "d3rlpy-iql" and rows[0]["env"] == ID and rows[0]["at"]["200"]["n"] == 1
-    assert rows[0]["complete"] and rows[0]["steps_per_s"] > 0
+    # d3rlpy_run writes the same dataset.json as diffrl train, so the dataset's own row is there
+    rows = plotted(tmp_path / "plot", ID, root, 200)
+    assert list(rows) == ["dataset", "d3rlpy-iql"]
+    iql = rows["d3rlpy-iql"]
+    assert iql["env"] == ID and iql["at"]["200"]["n"] == 1 and iql["complete"] and iql["steps_per_s"] > 0
 
 
 #: run in the d3rlpy environment: the policies of run folders rebuilt from their checkpoints (load_policy), checked
@@ -351,13 +350,13 @@ def test_d3rlpy_independent_learners_on_a_multi_agent_dataset(tmp_path: Path, ca
     assert agents["agent_0"]["seed"] != agents["agent_1"]["seed"]
     assert sorted(agents["agent_0"]["action_split"] + agents["agent_1"]["action_split"]) == list(range(6))
     for name in ("eval.csv", "train.csv", "d3rlpy_losses.csv"):
-        assert _rows(straight / name) == _rows(resumed / name), name
-    losses = _rows(straight / "d3rlpy_losses.csv")
+        assert log_rows(straight / name) == log_rows(resumed / name), name
+    losses = log_rows(straight / "d3rlpy_losses.csv")
     assert {"agent_0/critic_loss", "agent_1/critic_loss", "agent_1/v_loss"} <= set(losses[0])
-    train = _rows(straight / "train.csv")
+    train = log_rows(straight / "train.csv")
     assert float(train[0]["critic_loss"]) == pytest.approx(
         (float(losses[0]["agent_0/critic_loss"]) + float(losses[0]["agent_1/critic_loss"])) / 2, rel=1e-5)
-    assert _rows(bc / "train.csv")[0]["actor_loss"] != ""
+    assert log_rows(bc / "train.csv")[0]["actor_loss"] != ""
 
     res = subprocess.run([python, "-c", _CHECK, str(BASELINES / "d3rlpy_run.py"), str(straight), str(resumed),
                           str(bc)], capture_output=True, text=True, timeout=600, cwd=ROOT,
@@ -369,7 +368,7 @@ def test_d3rlpy_independent_learners_on_a_multi_agent_dataset(tmp_path: Path, ca
         assert all(n < 17 for n in got["views"].values())  # some of the state is hidden from each agent
         assert got["inputs"] == got["views"]  # each agent's policy network takes its own view's entries
         assert got["unseen_same"] and got["seen_differs"] >= 8  # of 10 (5 states, 2 agents)
-        last = _rows(folder / "eval.csv")[-1]
+        last = log_rows(folder / "eval.csv")[-1]
         # eval.csv keeps 6 significant digits
         assert last["step"] == "200" and got["return"] == pytest.approx(float(last["return_mean"]), rel=1e-5)
     # the same networks (model files' bytes differ: d3rlpy re-serialises a reloaded config, 0 as 0.0)
@@ -380,7 +379,7 @@ def test_d3rlpy_independent_learners_on_a_multi_agent_dataset(tmp_path: Path, ca
 
     capsys.readouterr()
     assert cli.main(["plot", str(straight), str(bc), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = json.loads((tmp_path / "plot" / "results.json").read_text())
-    assert sorted(r["algo"] for r in rows) == ["d3rlpy-bc", "d3rlpy-iql"]
+    rows = plotted(tmp_path / "plot", MA_ID, root, 200)
+    assert list(rows) == ["dataset", "d3rlpy-bc", "d3rlpy-iql"]
     assert all(r["env"] == MA_ID and r["at"]["200"]["n"] == 1 and r["complete"] and r["steps_per_s"] > 0
-               for r in rows)
+               for k, r in rows.items() if k != "dataset")

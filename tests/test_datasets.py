@@ -129,6 +129,14 @@ def test_time_limits_are_truncations_not_terminals(tmp_path: Path) -> None:
     assert [len(e.rewards) for e in eps] == [50, 50, 20]
     assert all(e.truncations[-1] and not e.terminations.any() for e in eps)
     assert datasets.load_transitions(ds_id, tmp_path).terminals.sum() == 0
+    # the dataset's own average return leaves out the episode cut at --size (20 steps: a partial sum)
+    rec = datasets.record(ds_id, tmp_path)
+    full = [float(np.sum(e.rewards, dtype=np.float64)) for e in eps[:2]]
+    assert rec["episodes"] == 3 and rec["episodes_averaged"] == 2 and rec["transitions"] == 120
+    assert rec["average_return"] == pytest.approx(np.mean(full), rel=1e-12)
+    assert rec["std_return"] == pytest.approx(np.std(full), rel=1e-12, abs=1e-12)
+    assert rec["ref_min_score"] == metadata(tmp_path, ds_id)["ref_min_score"] and rec["ref_max_score"] is None
+    assert rec["kind"] == "random" and rec["env"] == "Reacher-v5"
 
 
 def test_same_arguments_same_data(made_root: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("gymnasium")
 
-from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
+from runs_util import log_rows, plotted, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import dof as F  # noqa: E402
@@ -286,8 +286,8 @@ def test_train_ctrl_c_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pyt
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = json.loads((tmp_path / "plot" / "results.json").read_text())
-    assert rows[0]["algo"] == "dof" and rows[0]["at"]["200"]["n"] == 1
+    rows = plotted(tmp_path / "plot", ID, cheetah_2x3, 200)
+    assert list(rows) == ["dataset", "dof"] and rows["dof"]["at"]["200"]["n"] == 1
     # the partition's own views (overlapping in the torso entries) on the agent built from the dataset
     from diffrl_ref.rl import datasets
 

@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("gymnasium_robotics")
 pytest.importorskip("minari")
 
-from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
+from runs_util import log_rows, plotted, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.rl import gate  # noqa: E402
@@ -168,8 +168,8 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
     assert [int(r["step"]) for r in ev] == [0, 100, 200, 300] and float(ev[-1]["length_mean"]) == 1000
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "300"]) == 0
-    rows = json.loads((tmp_path / "plot" / "results.json").read_text())
-    assert rows[0]["algo"] == "dom2" and rows[0]["at"]["300"]["n"] == 1
+    rows = plotted(tmp_path / "plot", ID, cheetah_2x3, 300)
+    assert list(rows) == ["dataset", "dom2"] and rows["dom2"]["at"]["300"]["n"] == 1
 
 
 @pytest.mark.parametrize("algo,dataset,needle", [

@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
 
-from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
+from runs_util import log_rows, plotted, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import guidance  # noqa: E402
@@ -273,8 +273,8 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = json.loads((tmp_path / "plot" / "results.json").read_text())
-    assert rows[0]["algo"] == "madiff" and rows[0]["at"]["200"]["n"] == 1
+    rows = plotted(tmp_path / "plot", ID, cheetah_2x3, 200)
+    assert list(rows) == ["dataset", "madiff"] and rows["madiff"]["at"]["200"]["n"] == 1
 
 
 def test_sweep_grid_makes_madiff_cells(cheetah_2x3: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
 pytest.importorskip("h5py")
 
-from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
+from runs_util import log_rows, plotted, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import diffsr as D  # noqa: E402
@@ -129,8 +129,9 @@ def test_make_train_kill_resume_plot(algo: str, hopper_random: Path, tmp_path: P
     assert all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "300"]) == 0
-    rows = json.loads((tmp_path / "plot" / "results.json").read_text())
-    assert rows[0]["algo"] == algo and rows[0]["at"]["300"]["n"] == 1
+    assert json.loads((straight / "dataset.json").read_text())["dataset"] == ID
+    rows = plotted(tmp_path / "plot", ID, root, 300)
+    assert list(rows) == ["dataset", algo] and rows[algo]["at"]["300"]["n"] == 1
 
 
 @pytest.mark.parametrize("argv,needle", [

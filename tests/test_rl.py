@@ -7,7 +7,6 @@ agent is assembled from the verified production functions correctly and that run
 from __future__ import annotations
 
 import ast
-import csv
 import dataclasses
 import json
 import math
@@ -24,6 +23,8 @@ import torch
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("stable_baselines3")
+
+from runs_util import log_rows  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import diffsr as F  # noqa: E402
@@ -217,14 +218,10 @@ def _args(algo: str, env: str, out: Path, steps: int, *extra: str, every: int = 
             *([] if gate else ["--skip-conformance"])]
 
 
-def _rows(path: Path, drop: tuple[str, ...] = ("train_seconds", "steps_per_s")) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
-
 
 def _same_run(a: Path, b: Path) -> None:
     for name in ("eval.csv", "episodes.csv", "train.csv"):
-        ra, rb = _rows(a / name), _rows(b / name)
+        ra, rb = log_rows(a / name), log_rows(b / name)
         assert ra == rb, f"{name} differs"
         steps = [int(r["step"]) for r in rb]
         assert steps == sorted(set(steps)), f"{name}: a step is repeated or out of order"
@@ -243,10 +240,10 @@ def test_smoke_run_writes_logs_and_checkpoint(algo: str, env: str, steps: int, t
     for name in ("config.json", "checkpoint.pt", "eval.csv", "train.csv", "episodes.csv", "done.json"):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    ev = _rows(tmp_path / "eval.csv")
+    ev = log_rows(tmp_path / "eval.csv")
     assert [int(r["step"]) for r in ev] == [0, steps // 2, steps]
     assert all(math.isfinite(float(r["return_mean"])) for r in ev)
-    tr = _rows(tmp_path / "train.csv")
+    tr = log_rows(tmp_path / "train.csv")
     assert math.isfinite(float(tr[-1]["critic_loss"]))  # learning started at 200
     assert json.loads((tmp_path / "config.json").read_text())["skip_conformance"] is not gated
     if gated:
@@ -265,8 +262,8 @@ def test_every_listed_mujoco_env_trains(algo: str, env: str, tmp_path: Path,
     evaluation; HalfCheetah is the full smoke test above."""
     assert cli.main(_args(algo, env, tmp_path, 300, "--eval-episodes", "1", every=300)) == 0
     assert "done: 300 steps" in capsys.readouterr().out
-    assert [int(r["step"]) for r in _rows(tmp_path / "eval.csv")] == [0, 300]
-    assert math.isfinite(float(_rows(tmp_path / "train.csv")[-1]["critic_loss"]))
+    assert [int(r["step"]) for r in log_rows(tmp_path / "eval.csv")] == [0, 300]
+    assert math.isfinite(float(log_rows(tmp_path / "train.csv")[-1]["critic_loss"]))
 
 
 def _wait_for_checkpoint(out: Path, step: int, proc: subprocess.Popen[bytes], timeout: float = 240) -> None:

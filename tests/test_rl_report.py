@@ -183,7 +183,7 @@ def test_archive_holds_the_logs_only(runs: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     report.main(runs, out, [5000])
     copy = out / "runs" / "Hopper-v5" / "diffsr" / "seed0"
-    assert sorted(p.name for p in copy.iterdir()) == sorted(report.ARCHIVED)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(set(report.ARCHIVED) - {"dataset.json"})  # online run
     assert (copy / "eval.csv").read_bytes() == (runs[0] / "eval.csv").read_bytes()
     assert not (out / "runs" / "Hopper-v5" / "diffsr" / "seed2" / "done.json").exists()  # in progress
     assert rows_by_group(out)[("Hopper-v5", "diffsr")]["runs"] == [f"runs/Hopper-v5/diffsr/seed{k}" for k in range(3)]
@@ -262,3 +262,64 @@ def test_sweep_variants_are_separate_groups(tmp_path: Path) -> None:
     shutil.copytree(paths[0], clash)
     with pytest.raises(report.ReportError, match="would both be archived"):
         report.main([paths[2], clash], tmp_path / "out2", [5000])
+
+
+def offline_run(root: Path, algo: str, seed: int, values: list[float], record: dict[str, Any] | None) -> Path:
+    """An offline run on dataset diffrl/hopper/medium-v0 with ``record`` as its dataset.json."""
+    path = fake_run(root, algo, "Hopper-v5", seed, values, done=True)
+    conf = json.loads((path / "config.json").read_text())
+    conf["identity"]["dataset"] = "diffrl/hopper/medium-v0"
+    (path / "config.json").write_text(json.dumps(conf))
+    if record is not None:
+        (path / "dataset.json").write_text(json.dumps(record))
+    return path
+
+
+RECORD = {"format": 1, "dataset": "diffrl/hopper/medium-v0", "env": "Hopper-v5", "kind": "medium",
+          "transitions": 1000, "episodes": 5, "ref_min_score": -20.0, "ref_max_score": 380.0, "average_return": 140.0,
+          "std_return": 3.0, "episodes_averaged": 4, "how": "x", "created": "2026-12-07T00:00:00+00:00",
+          "policies": []}
+
+
+def test_offline_scores_are_normalised_with_the_dataset_row(tmp_path: Path) -> None:
+    """D4RL's normalised score 100 (R - random) / (expert - random) from each run's dataset.json, the dataset's
+    own average return as the first row of its env, both regenerated identically from the archive."""
+    root = tmp_path / "runs"
+    runs = [offline_run(root, "diffusion-ql", 0, [0.0, 180.0], RECORD),
+            offline_run(root, "diffusion-ql", 1, [0.0, 260.0], RECORD),
+            offline_run(root, "edp", 0, [0.0, 80.0], RECORD)]
+    out = tmp_path / "out"
+    report.main(runs, out, [5000])
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["algo"] for r in rows] == ["dataset", "diffusion-ql", "edp"]
+    assert all(r["metric"] == "normalised_score" for r in rows)
+    assert rows[0]["at"]["5000"]["mean"] == pytest.approx(40.0)  # 100 * (140 + 20) / 400
+    assert rows[1]["at"]["5000"]["values"] == pytest.approx([50.0, 70.0])
+    assert rows[1]["at"]["5000"]["std"] == pytest.approx(10.0)  # population std scales with the factor 1/4
+    assert rows[2]["at"]["5000"]["values"] == pytest.approx([25.0])
+    assert rows[1]["reference"] == {"random": -20.0, "expert": 380.0}
+    rst = (out / "results.rst").read_text()
+    assert "Normalised score" in rst and "Dataset (its episodes' average return)" in rst and "60.0 ± 10.0" in rst
+    assert (out / "runs" / "diffrl/hopper/medium-v0" / "edp" / "seed0" / "dataset.json").is_file()
+    again = tmp_path / "again"
+    report.main(archived_runs(out / "runs"), again, [5000])
+    assert (again / "results.rst").read_text() == rst
+
+    # without the expert end there is no scale: raw returns, the dataset's average still as a row
+    raw = tmp_path / "raw"
+    report.main([offline_run(tmp_path / "r2", "edp", 0, [0.0, 80.0], {**RECORD, "ref_max_score": None})], raw, [5000])
+    rows = json.loads((raw / "results.json").read_text())
+    assert [(r["algo"], r["metric"], r["at"]["5000"]["mean"]) for r in rows] == [
+        ("dataset", "return", 140.0), ("edp", "return", 80.0)]
+
+
+@pytest.mark.parametrize("case", ["other-dataset", "no-record"])
+def test_offline_runs_of_two_datasets_are_not_mixed(case: str, tmp_path: Path) -> None:
+    """Runs reported under one dataset id must have read the same dataset: a remade dataset (another creation
+    time or reference) or a run without dataset.json among runs with one is refused, not put on a wrong scale."""
+    a = offline_run(tmp_path / "a", "edp", 0, [0.0, 80.0], RECORD)
+    other = {**RECORD, "created": "2026-12-08T00:00:00+00:00", "ref_max_score": 500.0} if case == "other-dataset" \
+        else None
+    b = offline_run(tmp_path / "b", "edp", 1, [0.0, 90.0], other)
+    with pytest.raises(report.ReportError, match="different datasets" if other else "no dataset.json"):
+        report.main([a, b], tmp_path / "out", [5000])

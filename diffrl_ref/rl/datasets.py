@@ -721,6 +721,45 @@ def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
                        float(ref_max) if ref_max is not None else None)
 
 
+#: the file of a run folder recording the dataset it trained on (written by the loop and by the d3rlpy runner)
+RECORD = "dataset.json"
+
+
+def record(dataset_id: str, root: Path | str) -> dict[str, Any]:
+    """What a results table needs from a dataset, for a run folder's ``dataset.json``: its reference returns
+    (the normalised score's random and expert ends) and its own average return (the behaviour data's row),
+    so that a table regenerated from archived logs needs no dataset.
+
+    The average is over the episodes that ended by a termination or the environment's time limit: the last
+    episode cut by ``--size`` (and, in medium-replay, an episode the run's buffer ends in) is left out, as
+    its return is a partial sum."""
+    with _opened(dataset_id, root) as ds:
+        meta = ds.storage.metadata
+        prov: dict[str, Any] = meta.get(PROVENANCE) or {}
+        limit = prov.get("max_episode_steps")
+        returns, lengths, ended = [], [], []
+        for ep in ds.iterate_episodes():
+            returns.append(float(np.sum(np.asarray(ep.rewards, dtype=np.float64))))
+            lengths.append(len(ep.rewards))
+            ended.append(bool(np.asarray(ep.terminations)[-1]) or (limit is not None and len(ep.rewards) >= limit))
+    full = np.array([r for r, e in zip(returns, ended, strict=True) if e])
+
+    def score(key: str) -> float | None:
+        return float(meta[key]) if meta.get(key) is not None else None
+
+    return {"format": 1, "dataset": dataset_id, "env": prov.get("env"), "kind": prov.get("kind"),
+            "transitions": int(sum(lengths)), "episodes": len(returns),
+            "ref_min_score": score("ref_min_score"), "ref_max_score": score("ref_max_score"),
+            "average_return": float(full.mean()) if len(full) else None,
+            "std_return": float(full.std()) if len(full) else None, "episodes_averaged": int(len(full)),
+            "how": "mean (population std) of the undiscounted returns of the episodes that ended by termination "
+                   "or the time limit",
+            "created": prov.get("created"),
+            "policies": [{"role": p.get("role"), "name": p.get("name"), "step": p.get("step"),
+                          "evaluation_return": (p.get("evaluation") or {}).get("return_mean")}
+                         for p in prov.get("policies", [])]}
+
+
 def env_of(dataset_id: str, root: Path | str) -> str:
     """The environment id a dataset was made on (its provenance, else Minari's env_spec)."""
     import minari

@@ -311,6 +311,11 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
         atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(
             {"identity": cfg.identity(), "resolved": dataclasses.asdict(agent_cfg),
              "torch": torch.__version__, "skip_conformance": cfg.skip_conformance}, indent=1)))
+        if offline:  # its reference returns and own average: the results table normalises from the logs alone
+            from . import datasets
+
+            rec = datasets.record(cfg.dataset, Path(cfg.dataset_root))
+            atomic_write(out / datasets.RECORD, lambda p: p.write_text(json.dumps(rec, indent=1)))
         done_path.unlink(missing_ok=True)
     else:
         if cfg.skip_conformance:  # recorded for every start that skipped the check

@@ -31,6 +31,14 @@ written to the output folder:
     folders themselves are large and short-lived. Running the command on these copies with the same
     ``--out`` rewrites the same files.
 
+Offline runs (their ``env`` is the dataset id) carry ``dataset.json`` (:func:`diffrl_ref.rl.datasets.record`,
+written by ``diffrl train`` and by ``baselines/d3rlpy_run.py`` when the run starts): the dataset's reference
+returns and its episodes' own average return. Where both reference returns are set, the metric is D4RL's
+normalised score, 100 (return - random) / (expert - random) (``metric`` ``normalised_score``, ``reference``
+in the row), in the table, the JSON and the curves; every env with a dataset gets a first row ``algo``
+``dataset`` with the dataset's own average return on the same scale, the same at every step (a dotted line
+in its panel). All runs reported under one dataset id must have read the same dataset.
+
 Standard deviations are numpy's default (population, ``ddof=0``): 0 for a single seed in the JSON, never
 NaN; the table prints a single seed's value without a spread.
 """
@@ -57,7 +65,8 @@ COLORS = {"diffsr": "C0", "sac": "C1", "diffusion-ql": "C2", "edp": "C7", "d3rlp
           "d3rlpy-iql": "C5", "d3rlpy-cql": "C6"}
 ALGO_ORDER = {name: i for i, name in enumerate(loop.ALGOS)}
 DASH = "—"
-ARCHIVED = ("config.json", "eval.csv", "train.csv", "episodes.csv", "done.json", "starts.jsonl")
+ARCHIVED = ("config.json", "eval.csv", "train.csv", "episodes.csv", "done.json", "starts.jsonl", "dataset.json")
+DATASET_LABEL = "Dataset (its episodes' average return)"
 
 
 class ReportError(ValueError):
@@ -75,6 +84,7 @@ class Run:
     seconds_per_1k: float | None  # learning-phase wall seconds per 1000 steps; None before learning
     done: bool
     hp: tuple[tuple[str, str], ...] = ()  # the run's --hp overrides, sorted
+    data: dict[str, Any] | None = None  # an offline run's dataset.json (datasets.record)
 
     @property
     def variant(self) -> str:
@@ -137,7 +147,12 @@ def load_run(path: Path) -> Run:
         done = json.loads(done_path.read_text()) if done_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read {done_path}: {exc}") from None
-    return Run(path, env, algo, seed, every, evals, _throughput(path, done), done is not None, hp)
+    rec_path = path / "dataset.json"
+    try:
+        data = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {rec_path}: {exc}") from None
+    return Run(path, env, algo, seed, every, evals, _throughput(path, done), done is not None, hp, data)
 
 
 def group(runs: list[Run]) -> dict[Group, list[Run]]:
@@ -158,6 +173,56 @@ def group(runs: list[Run]) -> dict[Group, list[Run]]:
 
 
 # ---- numbers ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An offline env's (dataset's) scale: scores are 100 (R - random) / (expert - random), D4RL's normalised
+    score, when both reference returns are set and differ; ``average`` is the dataset's own average return."""
+
+    random: float | None
+    expert: float | None
+    average: float | None
+    record: dict[str, Any]
+
+    @property
+    def scaled(self) -> bool:
+        return self.random is not None and self.expert is not None and self.expert != self.random
+
+    def affine(self) -> tuple[float, float]:
+        """(offset, factor) with score = factor * (return - offset); (0, 1) when the env is not scaled."""
+        if self.random is None or self.expert is None or self.expert == self.random:
+            return 0.0, 1.0
+        return self.random, 100.0 / (self.expert - self.random)
+
+    def score(self, ret: float) -> float:
+        offset, factor = self.affine()
+        return factor * (ret - offset)
+
+
+def references(groups: dict[Group, list[Run]]) -> dict[str, Reference]:
+    """Each offline env's :class:`Reference`, from its runs' dataset.json; every run of an env must have read
+    the same dataset (the same reference returns, average and creation time), else a table would mix two."""
+    out: dict[str, Reference] = {}
+    seen: dict[str, Run] = {}
+    keys = ("ref_min_score", "ref_max_score", "average_return", "created", "transitions")
+    for members in groups.values():
+        for run in members:
+            if run.data is None:
+                continue
+            first = seen.setdefault(run.env, run)
+            assert first.data is not None
+            if any(first.data.get(k) != run.data.get(k) for k in keys):
+                raise ReportError(f"{first.path} and {run.path} trained on different datasets named {run.env} "
+                                  "(their dataset.json differ): report them separately")
+            d = run.data
+            out[run.env] = Reference(d.get("ref_min_score"), d.get("ref_max_score"), d.get("average_return"), d)
+    for members in groups.values():
+        missing = [r for r in members if r.data is None and r.env in out]
+        if missing:
+            raise ReportError(f"{missing[0].path} has no dataset.json while other runs on {missing[0].env} do: "
+                              "its scores cannot be put on the same scale")
+    return out
 
 
 def value_at(run: Run, step: int) -> float | None:
@@ -196,13 +261,13 @@ def label(run: Run) -> str:
     return f"{LABELS.get(run.algo, run.algo)}: {archived(run).parent.name}"
 
 
-def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
+def summarize(key: Group, runs: list[Run], at: list[int], ref: Reference | None = None) -> dict[str, Any]:
     env, algo, variant = key
     table: dict[str, dict[str, Any]] = {}
     for step in at:
         values = [value_at(run, step) for run in runs]
         if all(v is not None for v in values):
-            arr = np.array(values, dtype=float)
+            arr = np.array([ref.score(v) if ref else v for v in values if v is not None], dtype=float)
             # population std (numpy's ddof = 0), as every published table; each seed's value beside it
             table[str(step)] = {"mean": float(arr.mean()), "std": float(arr.std()), "n": len(values),
                                 "values": [float(v) for v in arr]}
@@ -211,9 +276,25 @@ def summarize(key: Group, runs: list[Run], at: list[int]) -> dict[str, Any]:
     extra = {"hp": dict(runs[0].hp)} if variant else {}
     return {"env": env, "algo": algo, **extra, "label": label(runs[0]), "seeds": [r.seed for r in runs],
             "runs": [archived(r).as_posix() for r in runs], "steps_reached": min(r.last_step for r in runs),
-            "metric": metric(env), "at": table, "seconds_per_1k_steps": per_1k,
+            "metric": "normalised_score" if ref and ref.scaled else metric(env), "at": table,
+            "seconds_per_1k_steps": per_1k,
             "steps_per_s": 1000.0 / per_1k if per_1k else None, "complete": all(r.done for r in runs),
-            "in_progress": [r.seed for r in runs if not r.done]}
+            "in_progress": [r.seed for r in runs if not r.done],
+            **({"reference": {"random": ref.random, "expert": ref.expert}} if ref else {})}
+
+
+def dataset_row(env: str, ref: Reference, at: list[int]) -> dict[str, Any]:
+    """The behaviour data's own row: its episodes' average return (normalised where the env is), the same at
+    every step (the data does not change)."""
+    value = None if ref.average is None else ref.score(ref.average)
+    point = {"mean": value, "std": 0.0, "n": 1, "values": [value]}
+    return {"env": env, "algo": "dataset", "label": DATASET_LABEL, "seeds": [], "runs": [], "steps_reached": None,
+            "metric": "normalised_score" if ref.scaled else metric(env),
+            "at": {str(s): point for s in at} if value is not None else {}, "seconds_per_1k_steps": None,
+            "steps_per_s": None, "complete": True, "in_progress": [],
+            "reference": {"random": ref.random, "expert": ref.expert},
+            "dataset": {k: ref.record.get(k) for k in ("kind", "transitions", "episodes", "episodes_averaged",
+                                                        "average_return", "std_return", "policies", "how")}}
 
 
 # ---- reStructuredText --------------------------------------------------------------------------------
@@ -246,14 +327,23 @@ def _cell(row: dict[str, Any], step: int) -> str:
 def rst_table(rows: list[dict[str, Any]], at: list[int]) -> str:
     header = ["Environment", "Algorithm", "Metric", "Seeds", "Steps reached"]
     header += [f"@ {step_label(s)}" for s in at] + ["s / 1k steps"]
-    body = [[_escape(r["env"]), _escape(r["label"]), "Success rate" if r["metric"] == "success_rate" else "Return",
-             str(len(r["seeds"])), f"{r['steps_reached']:,}"] + [_cell(r, s) for s in at]
+    names = {"success_rate": "Success rate", "normalised_score": "Normalised score", "return": "Return"}
+    body = [[_escape(r["env"]), _escape(r["label"]), names[r["metric"]],
+             str(len(r["seeds"])) if r["seeds"] else DASH,
+             DASH if r["steps_reached"] is None else f"{r['steps_reached']:,}"] + [_cell(r, s) for s in at]
             + [DASH if r["seconds_per_1k_steps"] is None else f"{r['seconds_per_1k_steps']:.2f}"] for r in rows]
     lines = [".. list-table::", "   :header-rows: 1", ""]
     for cells in [header, *body]:
         lines += ["   * - " + cells[0]] + ["     - " + c for c in cells[1:]]
     lines += ["", "*Mean ± population standard deviation over seeds (ddof = 0), then each seed's value in "
                   "parentheses, seeds ascending.*"]
+    if any(r["metric"] == "normalised_score" for r in rows):
+        lines += ["", "*Normalised score: 100 × (return − random) / (expert − random), D4RL's, with the dataset's "
+                      "reference returns measured here (its ``ref_min_score``: the uniform random policy; "
+                      "``ref_max_score``: the expert policy's evaluation).*"]
+    if any(r["algo"] == "dataset" for r in rows):
+        lines += ["", f"*{DATASET_LABEL}: the mean undiscounted return of the dataset's episodes that ended by "
+                      "termination or time limit, on the same scale; the same at every step.*"]
     for r in rows:
         if not r["complete"]:
             busy = r["in_progress"]
@@ -266,7 +356,7 @@ def rst_table(rows: list[dict[str, Any]], at: list[int]) -> str:
 # ---- plot ----------------------------------------------------------------------------------------------
 
 
-def plot(groups: dict[Group, list[Run]], path: Path) -> None:
+def plot(groups: dict[Group, list[Run]], path: Path, refs: dict[str, Reference] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,16 +374,24 @@ def plot(groups: dict[Group, list[Run]], path: Path) -> None:
     for ax, (env, col) in zip(axes.flat, panels, strict=False):
         lines = [(k, runs) for k, runs in groups.items() if k[0] == env]
         variants = any(k[2] for k, _ in lines)
+        ref = (refs or {}).get(env)
         for i, ((_, algo, _), runs) in enumerate(lines):
             steps, mean, std = curve(runs, col)
+            if ref is not None:  # an affine map: the band is scaled with it
+                offset, factor = ref.affine()
+                mean, std = factor * (mean - offset), abs(factor) * std
             n = len(runs)
             color = f"C{i % 10}" if variants else COLORS.get(algo)
             style = "--" if variants and i >= 10 else "-"
             ax.plot(steps, mean, style, color=color, marker="o" if len(steps) == 1 else None,
                     label=f"{label(runs[0])} ({n} seed{'s' if n != 1 else ''})")
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-        ax.set(title=env, xlabel="environment steps",
-               ylabel="success rate" if col == "success_rate" else "evaluation return")
+        if ref is not None and ref.average is not None:
+            ax.axhline(ref.score(ref.average), color="k", linestyle=":", linewidth=1, label=DATASET_LABEL)
+        offline = ref is not None
+        ax.set(title=env, xlabel="gradient steps" if offline else "environment steps",
+               ylabel="success rate" if col == "success_rate" else
+               "normalised score" if ref is not None and ref.scaled else "evaluation return")
         if col == "success_rate":  # the full scale: a flat zero must not look like noise around zero
             ax.set_ylim(-0.05, 1.05)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: step_label(int(x)) if x >= 0 else f"{x:g}"))
@@ -415,7 +513,12 @@ def main(runs: list[Path], out: Path, at: list[int], versus: tuple[str, str] | N
         raise ReportError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     archive([run for members in groups.values() for run in members], out)
-    rows = [summarize(key, members, at) for key, members in groups.items()]
+    refs = references(groups)
+    rows: list[dict[str, Any]] = []
+    for key, members in groups.items():
+        if key[0] in refs and not any(r["env"] == key[0] for r in rows):
+            rows.append(dataset_row(key[0], refs[key[0]], at))  # first in its env's rows
+        rows.append(summarize(key, members, at, refs.get(key[0])))
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "results.rst").write_text(rst_table(rows, at))
     wrote = [out / "results.json", out / "results.rst", out / "runs"]
@@ -425,7 +528,7 @@ def main(runs: list[Path], out: Path, at: list[int], versus: tuple[str, str] | N
         (out / "comparison.rst").write_text(comparison_rst(c))
         wrote += [out / "comparison.json", out / "comparison.rst", out / "random_returns.json"]
     try:
-        plot(groups, out / "curves.png")
+        plot(groups, out / "curves.png", refs)
     except ImportError:  # the tables need no matplotlib; say what is missing and keep them
         print("plot: matplotlib not installed: no curves.png (pip install 'diffrl-ref[rl]')", file=sys.stderr)
         return wrote
