@@ -383,3 +383,47 @@ def test_d3rlpy_independent_learners_on_a_multi_agent_dataset(tmp_path: Path, ca
     assert list(rows) == ["dataset", "d3rlpy-bc", "d3rlpy-iql"]
     assert all(r["env"] == MA_ID and r["at"]["200"]["n"] == 1 and r["complete"] and r["steps_per_s"] > 0
                for k, r in rows.items() if k != "dataset")
+
+
+def test_sweep_runs_d3rlpy_cells_as_the_runner_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid group ``d3rlpy-bc`` runs baselines/d3rlpy_run.py in the d3rlpy environment: its cell folder holds
+    the same logs as the runner's own command; bad overrides and a missing environment are grid errors."""
+    pytest.importorskip("ray")
+    from diffrl_ref.rl import sweep
+
+    python = _d3rlpy_python()
+    root = tmp_path / "datasets"
+    assert cli.main(["dataset", "make", "--env", "Hopper-v5", "--kind", "random", "--out", str(root),
+                     "--size", "600", "--eval-episodes", "1", "--no-progress"]) == 0
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"steps: 100\nseeds: [3]\ndatasets: [{ID}]\ndataset_root: {root}\neval_every: 50\n"
+                    "eval_episodes: 1\ngroups: [{algo: d3rlpy-bc, hp: {hidden: 16, batch_size: 32}}]\n")
+    out = tmp_path / "sweep"
+    res = subprocess.run([sys.executable, "-m", "diffrl_ref", "sweep", str(grid), "--out", str(out), "--runs-at-once",
+                          "1"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "DIFFRL_D3RLPY_PYTHON": python})
+    assert res.returncode == 0, res.stderr[-2000:]
+    cell = out / ID / "d3rlpy-bc" / "seed3"
+    direct = tmp_path / "direct"
+    res = subprocess.run([python, str(BASELINES / "d3rlpy_run.py"), "bc", "--dataset", ID, "--dataset-root", str(root),
+                          "--steps", "100", "--seed", "3", "--out", str(direct), "--eval-every", "50",
+                          "--eval-episodes", "1", "--threads", "1", "--no-progress", "--hp", "batch_size=32",
+                          "--hp", "hidden=16"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((cell / "config.json").read_text())["identity"] == \
+        json.loads((direct / "config.json").read_text())["identity"]
+    for name in ("eval.csv", "train.csv"):
+        assert log_rows(cell / name) == log_rows(direct / name), name
+    assert (cell / "dataset.json").read_text() == (direct / "dataset.json").read_text()
+    again = subprocess.run([sys.executable, "-m", "diffrl_ref", "sweep", str(grid), "--out", str(out)],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "DIFFRL_D3RLPY_PYTHON": python})
+    assert again.returncode == 0 and "1 already done, 0 to run" in again.stdout
+
+    grid.write_text(f"steps: 100\nseeds: [0]\ndatasets: [{ID}]\ndataset_root: {root}\n"
+                    "groups: [{algo: d3rlpy-iql, hp: {nope: 1}}]\n")
+    with pytest.raises(sweep.SweepError, match="unknown iql hyperparameter 'nope'"):
+        sweep.load_grid(grid)
+    monkeypatch.delenv("DIFFRL_D3RLPY_PYTHON", raising=False)
+    monkeypatch.setattr(sweep, "CHECKOUT", tmp_path)  # no .tox/d3rlpy there
+    with pytest.raises(sweep.SweepError, match="DIFFRL_D3RLPY_PYTHON"):
+        sweep.load_grid(grid)

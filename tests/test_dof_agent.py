@@ -47,7 +47,7 @@ def _joint(n: int = 64, seed: int = 0) -> JointTransitions:
                             (rng.uniform(size=n) < 0.1).astype(f32), None, None)
 
 
-def _agent(mode: str = "concat", **kw: float) -> DoFAgent:
+def _agent(mode: str = "concat", **kw: float | str) -> DoFAgent:
     torch.manual_seed(0)
     ag = DoFAgent(_joint(), DoFConfig(**{**TINY, "factorisation": mode, **kw}))  # type: ignore[arg-type]
     if mode == "wconcat":  # away from the symmetric start: f uses w / sum w = (0.25, 0.75)
@@ -194,10 +194,14 @@ IGD_TOL = 1e-4
 MIXING = {"beta_start": 0.1, "beta_end": 0.5}
 
 
+@pytest.mark.parametrize("sched", ["linear", "vp"])
 @pytest.mark.parametrize("mode", ["concat", "wconcat"])
-def test_decentralised_samples_have_the_centralised_law(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Exact IGD check (same noises -> same samples) on trained-a-little networks; planted bugs are rejected."""
-    ag = _agent(mode, max_action=1000.0, **MIXING)  # the clip (the same elementwise map on both sides) is inactive
+def test_decentralised_samples_have_the_centralised_law(mode: str, sched: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact IGD check (same noises -> same samples) on trained-a-little networks, on both schedules (Diffusion-QL's
+    VP schedule at K = 5 ends at alpha_bar_K = 0.007, so it mixes too); planted bugs are rejected."""
+    kw = MIXING if sched == "linear" else {"schedule": "vp"}
+    ag = _agent(mode, max_action=1000.0, **kw)  # the clip (the same elementwise map on both sides) is inactive
     for _ in range(3):
         ag.update()
     g = torch.Generator().manual_seed(11)
@@ -219,6 +223,19 @@ def test_decentralised_samples_have_the_centralised_law(mode: str, monkeypatch: 
         # by w_i: the centralised model then sees w_i x_i, which no agent sees at execution
         monkeypatch.setattr(F, "split", lambda x_tot, w, n: x_tot.reshape(x_tot.shape[0], n, -1))
         assert _igd_gap(ag, obs, x_K, z) > 100 * IGD_TOL
+
+
+def test_the_vp_schedule_is_diffusion_qls() -> None:
+    """``--hp schedule=vp`` builds schedule.vp(K) (the float64 reference's betas, to float32 rounding), ignores
+    beta_start and beta_end, and the linear default is the official linear schedule."""
+    from diffrl_ref.reference import schedule as ref
+
+    vp = _agent("concat", schedule="vp", beta_start=0.5, beta_end=0.1)  # the ends are unused: no error
+    np.testing.assert_allclose(vp.sched.betas64.numpy(), ref.vp(5), rtol=0, atol=1e-15)
+    lin = _agent("concat")
+    np.testing.assert_allclose(lin.sched.betas64.numpy(), ref.linear(5), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="beta_start"):
+        _agent("concat", beta_start=0.5, beta_end=0.1)
 
 
 def test_weight_normalisation_does_not_break_igd() -> None:

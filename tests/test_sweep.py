@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -14,6 +13,8 @@ import pytest
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("ray")
+
+from runs_util import log_rows  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.rl import sweep  # noqa: E402
@@ -33,10 +34,6 @@ groups:
 """
 LOGS = ("eval.csv", "train.csv", "episodes.csv")
 
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:  # wall-clock columns differ between any two runs
-        return [{k: v for k, v in r.items() if k not in ("train_seconds", "steps_per_s")} for r in csv.DictReader(fh)]
 
 
 def _sweep(grid: Path, out: Path) -> list[str]:
@@ -99,7 +96,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_logs(tmp_path: Path) -> None:
     assert f"{len(cells) - len(unfinished)} already done" in res.stdout
     for c in cells:
         for name in LOGS:
-            assert _rows(c.folder(straight) / name) == _rows(c.folder(killed) / name), f"{c.label()} {name}"
+            assert log_rows(c.folder(straight) / name) == log_rows(c.folder(killed) / name), f"{c.label()} {name}"
     again = subprocess.run(_sweep(grid, killed), capture_output=True, text=True, timeout=600, check=True)
     assert f"{len(cells)} already done, 0 to run" in again.stdout
 

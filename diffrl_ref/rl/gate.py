@@ -29,7 +29,7 @@ CLAUSES: dict[str, tuple[str, ...]] = {
             "dpm_solver.pp_2m"),
     "dom2": ("schedule.vp", "ddpm.noise", "diffusion_ql.bc_loss", "diffusion_ql.sample_action", "diffusion_ql.q_loss",
              "diffusion_ql.loss", "dom2.policy_loss", "dom2.cql_sampled", "dom2.sample", "diffsr.td_target"),
-    "dof": ("schedule.linear", "ddpm.noise", "ddpm.simple_loss", "ddpm.reverse_step", "dof.noise_factorisation",
+    "dof": ("schedule.linear", "schedule.vp", "ddpm.noise", "ddpm.simple_loss", "ddpm.reverse_step", "dof.noise_factorisation",
             "dof.data_factorisation", "dof.train_step", "dof.policy_loss", "dof.decentralised_sample",
             "diffsr.td_target", "diffsr.critic_loss"),
     "madiff": ("schedule.cosine", "ddpm.noise", "ddpm.simple_loss", "decision_diffuser.dropout_loss",

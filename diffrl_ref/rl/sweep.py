@@ -12,8 +12,14 @@ A grid file::
     eval_every: 5000          # optional, as the flags of ``diffrl train``
     eval_episodes: 10
     checkpoint_every: 10000
-    datasets: [diffrl/hopper/medium-v0]   # offline groups (diffusion-ql, edp) run on these instead of envs
+    datasets: [diffrl/hopper/medium-v0]   # offline groups (diffusion-ql, edp, ...) run on these instead of envs
     dataset_root: datasets                # their Minari root
+
+A group whose algo is ``d3rlpy-bc``, ``d3rlpy-td3bc``, ``d3rlpy-iql`` or ``d3rlpy-cql`` is a baseline of
+d3rlpy on the datasets: its cells run ``baselines/d3rlpy_run.py`` (from this checkout) with the d3rlpy
+environment's python (``DIFFRL_D3RLPY_PYTHON``, else the checkout's ``.tox/d3rlpy``), which writes the same
+run folders, resumes the same way (it checkpoints at each evaluation, so ``checkpoint_every`` does not apply)
+and checks its ``hp`` against its own table when the grid is loaded.
 
 The cell (env or dataset, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
 its algorithm), exactly as ``diffrl train ALGO --env ENV --seed SEED --steps STEPS --hp ... --out`` that
@@ -41,6 +47,10 @@ from . import envs, loop
 GRID_KEYS = {"steps", "seeds", "envs", "datasets", "dataset_root", "groups", "eval_every", "eval_episodes",
              "checkpoint_every"}
 GROUP_KEYS = {"algo", "name", "hp"}
+#: d3rlpy baselines in a grid: algo -> baselines/d3rlpy_run.py's algorithm
+BASELINES = {f"d3rlpy-{a}": a for a in ("bc", "td3bc", "iql", "cql")}
+CHECKOUT = Path(__file__).resolve().parents[2]
+RUNNER = CHECKOUT / "baselines" / "d3rlpy_run.py"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -74,6 +84,37 @@ class Cell:
                               checkpoint_every=self.checkpoint_every, hp=dict(self.hp),
                               skip_conformance=skip_conformance, dataset=self.dataset,
                               dataset_root=self.dataset_root)
+
+
+def d3rlpy_python() -> str:
+    """The d3rlpy environment's python: ``DIFFRL_D3RLPY_PYTHON``, else the checkout's ``.tox/d3rlpy``."""
+    given = os.environ.get("DIFFRL_D3RLPY_PYTHON")
+    tox = CHECKOUT / ".tox" / "d3rlpy" / "bin" / "python"
+    if given:
+        return given
+    if tox.exists():
+        return str(tox)
+    raise SweepError("grid has d3rlpy groups: set DIFFRL_D3RLPY_PYTHON to the d3rlpy environment's python, or "
+                     "build .tox/d3rlpy with `tox -e d3rlpy` (baselines/README.md)")
+
+
+def _baseline_hp(algo: str, hp: dict[str, Any]) -> dict[str, Any]:
+    """A d3rlpy group's overrides checked and converted by the runner's own table (it imports no d3rlpy)."""
+    import importlib.util
+
+    if not RUNNER.is_file():
+        raise SweepError(f"grid has d3rlpy groups, but {RUNNER} is missing (run the sweep from a checkout)")
+    spec = importlib.util.spec_from_file_location("_d3rlpy_run", RUNNER)
+    assert spec is not None and spec.loader is not None
+    mod = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
+    if spec.name not in sys.modules:
+        sys.modules[spec.name] = mod  # its dataclasses look their module up there
+        spec.loader.exec_module(mod)
+    try:
+        typed: dict[str, Any] = mod.parse_hp(BASELINES[algo], [f"{k}={v}" for k, v in hp.items()])
+    except mod.RunError as exc:
+        raise SweepError(f"grid: {algo}: {exc}") from None
+    return typed
 
 
 def _positive_int(grid: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -132,16 +173,21 @@ def load_grid(path: Path) -> list[Cell]:
         hp = g.get("hp") or {}
         if not isinstance(hp, dict):
             raise SweepError(f"grid: group {i + 1}: hp must be a mapping, got {hp!r}")
-        try:
-            resolved = loop.agent_config(str(g["algo"]), {str(k): str(v) for k, v in hp.items()})
-        except loop.RunError as exc:
-            raise SweepError(f"grid: group {i + 1}: {exc}") from None
+        baseline = g["algo"] in BASELINES
+        if baseline:
+            d3rlpy_python()
+            typed = _baseline_hp(str(g["algo"]), hp)
+        else:
+            try:
+                resolved = loop.agent_config(str(g["algo"]), {str(k): str(v) for k, v in hp.items()})
+            except loop.RunError as exc:
+                raise SweepError(f"grid: group {i + 1}: {exc}") from None
+            typed = {str(k): getattr(resolved, str(k)) for k in sorted(hp)}
         name = str(g.get("name", g["algo"]))
         if not NAME.match(name) or name in names:
             raise SweepError(f"grid: group {i + 1}: name {name!r} must be unique, letters, digits, '.', '_' or '-'")
         names.add(name)
-        typed = {str(k): getattr(resolved, str(k)) for k in sorted(hp)}
-        if g["algo"] in loop.OFFLINE:  # offline groups run on every dataset, online ones on every env
+        if g["algo"] in loop.OFFLINE or baseline:  # offline groups run on every dataset, online ones on every env
             if not data_ids:
                 raise SweepError(f"grid: group {i + 1} ({g['algo']}) trains offline: the grid needs datasets")
             cells += [Cell(str(g["algo"]), data_env[d], seed, steps, name, typed, **every, dataset=d,
@@ -169,11 +215,28 @@ def run_cell(cell: dict[str, Any], out: str, threads: int, skip_conformance: boo
     torch.set_num_threads(threads)
     c = Cell(**cell)
     folder = c.folder(Path(out))
+    if c.algo in BASELINES:
+        return _run_baseline(c, folder, threads)
     try:
         summary = loop.train(c.run_config(skip_conformance), folder, progress=False)
         return {"ok": True, "summary": summary}
     except Exception as exc:  # noqa: BLE001 - reported per cell; the sweep goes on
         return {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+
+
+def _run_baseline(c: Cell, folder: Path, threads: int) -> dict[str, Any]:
+    """A d3rlpy cell: the runner in the d3rlpy environment, its last stderr line as the error."""
+    import subprocess
+
+    argv = [d3rlpy_python(), str(RUNNER), BASELINES[c.algo], "--dataset", c.dataset, "--dataset-root",
+            c.dataset_root, "--steps", str(c.steps), "--seed", str(c.seed), "--out", str(folder), "--eval-every",
+            str(c.eval_every), "--eval-episodes", str(c.eval_episodes), "--threads", str(threads), "--no-progress",
+            *[x for k, v in c.hp.items() for x in ("--hp", f"{k}={v}")]]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        return {"ok": False, "error": lines[-1] if lines else f"d3rlpy_run exited {res.returncode}"}
+    return {"ok": True, "summary": json.loads((folder / "done.json").read_text())}
 
 
 def main(grid_path: Path, out: Path, runs_at_once: int | None, address: str | None, threads: int,

@@ -8,8 +8,8 @@ How to run (repository root, the project's venv active; about 10 minutes on a lo
 What it measures, in one process on the same random data with HalfCheetah-2x3's shapes (the partition's own
 local views and action split, read from gymnasium-robotics; 100,000 rows of random states and actions):
 gradient steps per second of each agent at its defaults (``DOM2Config()``, ``DoFConfig()``,
-``MADiffConfig()``), in R rounds that interleave the three (N steps each, N_dof for DoF, whose default K = 100
-chain makes a step take seconds), after 2 warm-up steps each, wall clock and process CPU time; then the
+``MADiffConfig()``) and of DoF with ``schedule=vp, K=5`` (the results' setting on CPU), in R rounds that
+interleave the four (N steps each, N_dof for DoF at its default, whose K = 100 chain makes a step take seconds), after 2 warm-up steps each, wall clock and process CPU time; then the
 latency of one joint action (every agent acting on its own view of one state: what evaluation calls at each
 environment step), median of C calls, interleaved. Writes ``speed.json`` and ``speed.rst`` to ``--out``
 (default: this script's folder).
@@ -99,6 +99,8 @@ def main() -> None:
     load = [os.getloadavg()]
     agents = {"DOM2": (DOM2Agent(data, DOM2Config()), args.steps),
               "DoF": (DoFAgent(data, DoFConfig()), args.steps_dof),
+              # the setting of the results on CPU: Diffusion-QL's VP schedule, K = 5 (docs/marl/dof.inc)
+              "DoF (schedule=vp, K=5)": (DoFAgent(data, DoFConfig(schedule="vp", K=5)), args.steps),
               "MADiff": (MADiffAgent(data, MADiffConfig()), args.steps)}
     for agent, _ in agents.values():
         for _ in range(2):
