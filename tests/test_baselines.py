@@ -416,7 +416,8 @@ def test_sweep_runs_d3rlpy_cells_as_the_runner_does(tmp_path: Path, monkeypatch:
         assert log_rows(cell / name) == log_rows(direct / name), name
     assert (cell / "dataset.json").read_text() == (direct / "dataset.json").read_text()
     again = subprocess.run([sys.executable, "-m", "diffrl_ref", "sweep", str(grid), "--out", str(out)],
-                           capture_output=True, text=True, timeout=600, env={**os.environ, "DIFFRL_D3RLPY_PYTHON": python})
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "DIFFRL_D3RLPY_PYTHON": python})
     assert again.returncode == 0 and "1 already done, 0 to run" in again.stdout
 
     grid.write_text(f"steps: 100\nseeds: [0]\ndatasets: [{ID}]\ndataset_root: {root}\n"

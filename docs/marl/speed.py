@@ -9,7 +9,8 @@ What it measures, in one process on the same random data with HalfCheetah-2x3's 
 local views and action split, read from gymnasium-robotics; 100,000 rows of random states and actions):
 gradient steps per second of each agent at its defaults (``DOM2Config()``, ``DoFConfig()``,
 ``MADiffConfig()``) and of DoF with ``schedule=vp, K=5`` (the results' setting on CPU), in R rounds that
-interleave the four (N steps each, N_dof for DoF at its default, whose K = 100 chain makes a step take seconds), after 2 warm-up steps each, wall clock and process CPU time; then the
+interleave the four (N steps each, N_dof for DoF at its default, whose K = 100 chain makes a step take
+seconds), after 2 warm-up steps each, wall clock and process CPU time; then the
 latency of one joint action (every agent acting on its own view of one state: what evaluation calls at each
 environment step), median of C calls, interleaved. Writes ``speed.json`` and ``speed.rst`` to ``--out``
 (default: this script's folder).
