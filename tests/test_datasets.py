@@ -346,3 +346,52 @@ def test_minari_env_var_is_restored(made_root: Path, monkeypatch: pytest.MonkeyP
     assert not (made_root / "nope").exists()
     assert json.loads((made_root / "diffrl/invertedpendulum/random-v0/data/metadata.json").read_text())[
         "dataset_id"] == "diffrl/invertedpendulum/random-v0"
+
+
+def test_behaviour_policies_pick_the_snapshot_nearest_a_third(tmp_path: Path) -> None:
+    """expert = the last evaluated snapshot; medium = the earlier one whose return is nearest a third of it."""
+    (tmp_path / "policies").mkdir()
+    for step, ret in ((50_000, 900.0), (100_000, 2100.0), (150_000, 2600.0), (200_000, 6000.0)):
+        torch.save({"eval": {"return_mean": ret}}, tmp_path / "policies" / f"step{step}.pt")
+    torch.save({"eval": None}, tmp_path / "policies" / "step210000.pt")  # the end of a run off the eval grid
+    got = datasets.behaviour_policies(tmp_path)
+    assert (got["expert_step"], got["expert_return"]) == (200_000, 6000.0)
+    assert (got["medium_step"], got["medium_return"]) == (100_000, 2100.0)  # |2100 - 2000| < |900 - 2000|
+    assert got["fraction"] == pytest.approx(0.35) and got["medium"].endswith("step100000.pt")
+    assert datasets.behaviour_policies(tmp_path, fraction=0.1)["medium_step"] == 50_000
+    for q in list((tmp_path / "policies").glob("step*.pt"))[1:]:
+        q.unlink()
+    with pytest.raises(datasets.DatasetError, match="at least two evaluated policy snapshots"):
+        datasets.behaviour_policies(tmp_path)
+
+
+def test_results_datasets_script(tmp_path: Path) -> None:
+    """docs/offline/results/make_datasets.py on a tiny SAC run in the campaign's layout: expert from the last
+    snapshot, medium-replay from the buffer up to the medium snapshot, one normalised scale; a rerun keeps them."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "offline" / "results" / "make_datasets.py"
+    spec = importlib.util.spec_from_file_location("make_datasets", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "campaign" / "Hopper-v5" / "sac" / "seed0"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "SNAPSHOT_EVERY", 200)
+        assert cli.main(["train", "sac", "--env", "Hopper-v5", "--steps", "400", "--out", str(run), "--hp",
+                         "learning_starts=100", "--hp", "batch_size=16", "--hp", "hidden=16", "--checkpoint-every",
+                         "200", "--eval-every", "200", "--eval-episodes", "1", "--threads", "1",
+                         "--no-progress"]) == 0
+    argv = ["--runs", str(tmp_path / "campaign"), "--out", str(tmp_path / "ds"), "--size", "300", "--record",
+            str(tmp_path), "--tasks", "Hopper-v5"]
+    script.main(argv)
+    made = json.loads((tmp_path / "made.json").read_text())
+    expert, replay = made["datasets"]["diffrl/hopper/expert-v0"], made["datasets"]["diffrl/hopper/medium-replay-v0"]
+    pick = made["policies"]["Hopper-v5"]
+    assert (pick["expert_step"], pick["medium_step"]) == (400, 200)
+    assert expert["transitions"] == 300 and replay["transitions"] == 200  # the buffer's first 200 rows
+    assert replay["ref_max_score"] == expert["ref_max_score"] and replay["ref_min_score"] == expert["ref_min_score"]
+    assert expert["policies"][0]["step"] == 400
+    before = (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns
+    script.main(argv)  # everything exists: kept, not remade
+    assert (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns == before

@@ -201,6 +201,60 @@ def test_execution_is_decentralised() -> None:
     assert not ag.histories[0] and not ag.histories[1]
 
 
+def test_batched_acting_is_per_episode_and_equals_acting_alone() -> None:
+    """act_batch plans once for several episodes: with the same noise, one episode's actions equal sequential
+    acting's (the same first draws for batch 1) and do not depend on what the other episodes see."""
+    ag = _agent()
+    for _ in range(3):
+        ag.update()
+    states = _data().state[:4]
+    torch.manual_seed(7)
+    ag.reset()
+    alone = [ag.act(s, deterministic=True) for s in states]
+    torch.manual_seed(7)
+    ag.reset_batch(1)
+    batch1 = [ag.act_batch(s[None], [0])[0] for s in states]
+    for a, b in zip(alone, batch1, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def two(other: np.ndarray) -> list[np.ndarray]:
+        torch.manual_seed(8)
+        ag.reset_batch(2)
+        return [ag.act_batch(np.stack([s, o]), [0, 1])[0] for s, o in zip(states, other, strict=True)]
+
+    base = two(states[::-1].copy())
+    for a, b in zip(base, two(states[::-1] + 5.0), strict=True):  # another episode's observations and history
+        np.testing.assert_array_equal(a, b)
+    ag.reset_batch(3)  # rows that finished drop out: the remaining rows keep their own histories
+    ag.act_batch(states[:3], [0, 1, 2])
+    ag.act_batch(states[:1], [2])
+    assert [len(h[0]) for h in ag.batch_histories] == [1, 1, 2]
+
+
+def test_batched_evaluation_equals_sequential_for_a_deterministic_policy() -> None:
+    """envs.evaluate_batched: the same episodes (seeds) and the same sums as envs.evaluate, bit for bit."""
+    env_id = "Hopper-v5"
+    w = np.random.default_rng(0).normal(size=(11, 3)).astype(np.float32) * 0.3
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.tanh(obs @ w)
+        return out
+
+    seq = envs.evaluate(policy, envs.make(env_id, 4, evaluation=True), 4, 3)
+    calls: list[list[int]] = []
+
+    def batched(obs: np.ndarray, rows: list[int]) -> np.ndarray:
+        calls.append(list(rows))
+        out: np.ndarray = np.tanh(obs @ w)
+        return out
+
+    got = envs.evaluate_batched(batched, [envs.make(env_id, 4, evaluation=True) for _ in range(3)], 4)
+    assert got == seq
+    assert calls[0] == [0, 1, 2]
+    assert all(set(b) <= set(a) for a, b in zip(calls, calls[1:], strict=False))  # finished episodes leave
+    assert sum(len(c) for c in calls) == round(3 * seq["length_mean"])  # every step of every episode, once
+
+
 def test_evaluate_starts_every_episode_with_new_episode() -> None:
     class Env:
         class Box:

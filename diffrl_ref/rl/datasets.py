@@ -217,6 +217,29 @@ def read_policy(arg: str, role: str, env: str) -> Policy:
     return Policy(role, path, hashlib.sha256(data).hexdigest(), identity, state, agent)
 
 
+def behaviour_policies(run: Path, fraction: float = 1 / 3) -> dict[str, Any]:
+    """D4RL's two behaviour policies from one SAC run's snapshots (``policies/stepT.pt``): ``expert``, its last
+    snapshot, and ``medium``, the earlier snapshot whose evaluation return is closest to ``fraction`` of the
+    expert's (D4RL: a policy stopped at about a third of the expert's return). Each snapshot's evaluation is the
+    one the run made at its step. Returns their paths, steps and returns, and the medium's share of the expert's."""
+    snaps = sorted(Path(run).glob("policies/step*.pt"), key=lambda q: int(q.stem.removeprefix("step")))
+    evals: list[tuple[Path, int, float]] = []
+    for q in snaps:
+        ev = torch.load(q, map_location="cpu", weights_only=False).get("eval") or {}
+        if "return_mean" in ev:
+            evals.append((q, int(q.stem.removeprefix("step")), float(ev["return_mean"])))
+    if len(evals) < 2:
+        raise DatasetError(f"{run}: medium and expert need at least two evaluated policy snapshots, found "
+                           f"{len(evals)} (the policies/stepT.pt that diffrl train sac writes)")
+    expert = evals[-1]
+    target = fraction * expert[2]
+    medium = min(evals[:-1], key=lambda e: (abs(e[2] - target), e[1]))
+    return {"expert": str(expert[0]), "expert_step": expert[1], "expert_return": expert[2],
+            "medium": str(medium[0]), "medium_step": medium[1], "medium_return": medium[2],
+            "fraction": medium[2] / expert[2] if expert[2] else None,
+            "candidates": {str(e[1]): e[2] for e in evals}}
+
+
 @contextlib.contextmanager
 def _global_rng_kept() -> Iterator[None]:
     """stable-baselines3 seeds the global generators when it builds a model; keep the caller's."""

@@ -111,3 +111,29 @@ def evaluate(policy: Any, env: Any, seed: int, episodes: int, new_episode: Any =
         successes.append(success)
     return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
             "length_mean": float(np.mean(lengths)), "success_rate": float(np.mean(successes))}
+
+
+def evaluate_batched(policy: Any, env_list: list[Any], seed: int, new_episodes: Any = None) -> dict[str, float]:
+    """:func:`evaluate`'s episodes, one per env of ``env_list``, played in lockstep: ``policy(obs, rows)`` gets the
+    observations (n, ds) of the episodes ``rows`` still running and returns their actions (n, da), so a policy
+    that plans can batch its work over episodes. Episode i starts from the same seed as in :func:`evaluate`, and
+    its return adds its rewards in the same order: a deterministic policy gets the same numbers from both.
+    ``new_episodes(n)``, if given, is called first (a policy that keeps a history per episode)."""
+    n = len(env_list)
+    if new_episodes is not None:
+        new_episodes(n)
+    obs = [reset(e, episode_seed(seed, i, True)) for i, e in enumerate(env_list)]
+    returns, lengths, successes = [0.0] * n, [0] * n, [False] * n
+    running = list(range(n))
+    while running:
+        actions = policy(np.stack([obs[i] for i in running]), running)
+        still = []
+        for a, i in zip(actions, running, strict=True):
+            obs[i], r, term, trunc, info = step(env_list[i], a)
+            returns[i], lengths[i] = returns[i] + r, lengths[i] + 1
+            successes[i] = successes[i] or bool(info.get("success", 0.0))
+            if not (term or trunc):
+                still.append(i)
+        running = still
+    return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+            "length_mean": float(np.mean(lengths)), "success_rate": float(np.mean(successes))}

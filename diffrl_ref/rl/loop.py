@@ -343,9 +343,18 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
         def policy(obs: np.ndarray) -> np.ndarray:
             return agent.act(obs, deterministic=True)
 
+        eval_envs: list[Any] = []
+
         def evaluate() -> dict[str, float]:
-            res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes,
-                                new_episode=getattr(agent, "reset", None))
+            if hasattr(agent, "act_batch"):  # a planner (MADiff): the episodes in lockstep, one plan for all
+                if not eval_envs:
+                    eval_envs.extend([eval_env] + [envs.make(eval_task(cfg.env), cfg.seed, evaluation=True)
+                                                   for _ in range(cfg.eval_episodes - 1)])
+                res = envs.evaluate_batched(agent.act_batch, eval_envs, cfg.seed,
+                                            agent.reset_batch)  # type: ignore[attr-defined]
+            else:
+                res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes,
+                                    new_episode=getattr(agent, "reset", None))
             eval_log.add({"step": st.t, **res, "train_seconds": st.train_seconds})
             for k, v in res.items():
                 tb.add_scalar(f"eval/{k}", v, st.t)

@@ -402,6 +402,7 @@ class MADiffAgent(DecentralisedAgent):
         self.obs_std = torch.as_tensor(self.data.std, device=self.device)
         self.histories: list[collections.deque[Tensor]] = [collections.deque(maxlen=max(cfg.history, 1))
                                                            for _ in range(self.N)]
+        self.batch_histories: list[list[collections.deque[Tensor]]] = []  # reset_batch: [episode][agent]
         self.steps = 0
 
     # ---- training -------------------------------------------------------------------------------------
@@ -477,22 +478,46 @@ class MADiffAgent(DecentralisedAgent):
         for h in self.histories:
             h.clear()
 
+    def reset_batch(self, n: int) -> None:
+        """``n`` new episodes played in lockstep (envs.evaluate_batched): a fresh history per episode and agent."""
+        self.batch_histories = [[collections.deque(maxlen=max(self.cfg.history, 1)) for _ in range(self.N)]
+                                for _ in range(n)]
+
     def act_local(self, j: int, obs: Tensor) -> Tensor:
         """Agent j's action from its own local observations: its history and current one are the only data
         the plan sees (the teammates' slices are generated), the action from its own slice (MADiff-D)."""
-        C, dj = self.cfg.history, self.obs_dims[j]
-        o = torch.zeros(self.d, device=self.device)
-        o[:dj] = (obs - self.obs_mean[j, :dj]) / self.obs_std[j, :dj]
-        history = list(self.histories[j])[-C:] if C else []
-        past = [history[0] if history else o] * (C - len(history)) + history  # training clamps to step 0 alike
-        values = torch.zeros(1, self.N, self.L, self.d, device=self.device)
-        values[0, j, :C + 1] = torch.stack([*past, o])
-        known = self.data.known(torch.tensor([j], device=self.device))
-        y = torch.tensor([[self.cfg.target_return, 1.0]], device=self.device)
+        return self.act_local_rows(j, obs.unsqueeze(0), [self.histories[j]])[0]
+
+    def act_local_rows(self, j: int, obs: Tensor, histories: list[collections.deque[Tensor]]) -> Tensor:
+        """Agent j's actions (n, da_j) in n episodes at once, from its local observations (n, do_j) and its history
+        in each (``histories[r]``, appended to): one plan of batch n, each row its own episode's data only (the
+        network treats rows independently), so a row's action is what a single episode's would be with its noise."""
+        C, dj, n = self.cfg.history, self.obs_dims[j], obs.shape[0]
+        o = torch.zeros(n, self.d, device=self.device)
+        o[:, :dj] = (obs - self.obs_mean[j, :dj]) / self.obs_std[j, :dj]
+        values = torch.zeros(n, self.N, self.L, self.d, device=self.device)
+        for r, h in enumerate(histories):
+            past = list(h)[-C:] if C else []
+            past = [past[0] if past else o[r]] * (C - len(past)) + past  # training clamps to step 0 alike
+            values[r, j, :C + 1] = torch.stack([*past, o[r]])
+        known = self.data.known(torch.full((n,), j, device=self.device))
+        y = torch.tensor([[self.cfg.target_return, 1.0]], device=self.device).repeat(n, 1)
         x0 = self.plan(self.ema, known, values, y)
-        self.histories[j].append(o)
-        a = madiff.decentralised_action(x0, j, self.ema.inv, C)[0, :self.act_dims[j]]
+        for r, h in enumerate(histories):
+            h.append(o[r])
+        a = madiff.decentralised_action(x0, j, self.ema.inv, C)[:, :self.act_dims[j]]
         return a.clamp(-1.0, 1.0)
+
+    def act_batch(self, states: np.ndarray, rows: list[int]) -> np.ndarray:
+        """Joint actions (n, da) for the episodes ``rows`` (of :meth:`reset_batch`) at their single-agent
+        observations (n, ds): each agent plans once for all of them, from its own local views."""
+        out = np.zeros((len(rows), self.joint_dim), dtype=np.float32)
+        with torch.no_grad():
+            for j, (view, split) in enumerate(zip(self.views, self.splits, strict=True)):
+                o = torch.as_tensor(np.asarray(states, np.float32)[:, view], device=self.device)
+                hist = [self.batch_histories[r][j] for r in rows]
+                out[:, split] = self.act_local_rows(j, o, hist).cpu().numpy()
+        return out
 
     # ---- checkpoint ---------------------------------------------------------------------------------
 

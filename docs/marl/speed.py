@@ -12,7 +12,9 @@ gradient steps per second of each agent at its defaults (``DOM2Config()``, ``DoF
 interleave the four (N steps each, N_dof for DoF at its default, whose K = 100 chain makes a step take
 seconds), after 2 warm-up steps each, wall clock and process CPU time; then the
 latency of one joint action (every agent acting on its own view of one state: what evaluation calls at each
-environment step), median of C calls, interleaved. Writes ``speed.json`` and ``speed.rst`` to ``--out``
+environment step), median of C calls, interleaved; and the cost of one step of an evaluation of E episodes
+(MADiff plays them in lockstep with one plan for all, ``envs.evaluate_batched``; the others act once per
+episode). Writes ``speed.json`` and ``speed.rst`` to ``--out``
 (default: this script's folder).
 """
 
@@ -51,6 +53,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="N: gradient steps of DOM2 and MADiff per round")
     p.add_argument("--steps-dof", type=int, default=2, help="gradient steps of DoF per round")
     p.add_argument("--latency-calls", type=int, default=20)
+    p.add_argument("--eval-episodes", type=int, default=10, help="E: episodes of an evaluation (the default)")
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--episode", type=int, default=1000, help="rows per episode of the random data")
     p.add_argument("--threads", type=int, default=1)
@@ -120,6 +123,21 @@ def main() -> None:
             t = time.perf_counter()
             agent.act(s, True)
             lat[name].append(1e3 * (time.perf_counter() - t))
+    # an evaluation's cost: one environment step of each of E episodes (a planner plays them in lockstep)
+    states = data.state[:args.eval_episodes]
+    ev: dict[str, list[float]] = {k: [] for k in agents}
+    for agent, _ in agents.values():
+        if hasattr(agent, "reset_batch"):
+            agent.reset_batch(len(states))
+    for _ in range(args.latency_calls // 4 + 1):
+        for name, (agent, _) in agents.items():
+            t = time.perf_counter()
+            if hasattr(agent, "act_batch"):
+                agent.act_batch(states, list(range(len(states))))
+            else:
+                for s_i in states:
+                    agent.act(s_i, True)
+            ev[name].append(1e3 * (time.perf_counter() - t))
     load.append(os.getloadavg())
     wall = {k: statistics.median(r[0] for r in v) for k, v in rounds.items()}
     cpu = {k: statistics.median(r[1] for r in v) for k, v in rounds.items()}
@@ -130,6 +148,9 @@ def main() -> None:
         "python": platform.python_version(), "load_before_after": load, "rounds": args.rounds,
         "steps": {k: n for k, (_, n) in agents.items()}, "steps_per_s_wall": wall, "steps_per_s_cpu": cpu,
         "per_round": rounds, "act_ms_median": {k: statistics.median(v) for k, v in lat.items()},
+        "eval_episodes": args.eval_episodes,
+        "eval_step_ms_median": {k: statistics.median(v) for k, v in ev.items()},
+        "eval_lockstep": [k for k, (a, _) in agents.items() if hasattr(a, "act_batch")],
         "trainable_parameters": {k: parameters(a) for k, (a, _) in agents.items()},
     }
     out = Path(args.out)
@@ -151,7 +172,10 @@ def main() -> None:
              ("gradient steps/s, wall clock (median of rounds)", {k: f"{v:.3g}" for k, v in wall.items()}),
              ("gradient steps per second of process CPU time", {k: f"{v:.3g}" for k, v in cpu.items()}),
              ("one joint action (every agent on its own view), wall-clock ms, median",
-              {k: f"{v:.1f}" for k, v in record["act_ms_median"].items()})]
+              {k: f"{v:.1f}" for k, v in record["act_ms_median"].items()}),
+             (f"one step of each of {args.eval_episodes} evaluation episodes, ms, median (in lockstep, one plan "
+              "for all, where the agent batches: MADiff; else one after the other)",
+              {k: f"{v:.1f}" for k, v in record["eval_step_ms_median"].items()})]
     for title, vals in table:
         lines += [f"   * - {title}"] + [f"     - {vals[k]}" for k in agents]
     lines.append("")

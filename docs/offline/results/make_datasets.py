@@ -1,0 +1,96 @@
+"""Makes the datasets of the offline and multi-agent results (issues 19 and 20) from the campaign's SAC runs.
+
+How to run (repository root, the project's venv active), once the 200k-step campaign's SAC runs have finished::
+
+    python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets
+
+For each task, the behaviour policies come from SAC seed 0 of the campaign (``RUNS/ENV/sac/seed0``:
+its policy snapshots, archived with the logs, and, for ``medium-replay``, its ``checkpoint.pt`` with the replay
+buffer, which is not archived): ``expert`` is its last snapshot (200k steps), ``medium`` the snapshot whose
+evaluation return is nearest a third of the expert's (:func:`diffrl_ref.rl.datasets.behaviour_policies`), and
+``medium-replay`` the run's buffer up to the medium snapshot's step. The expert dataset is made first; its
+``ref_max_score`` (the expert policy's evaluation) is every other dataset's ``--expert-return`` of that task,
+so all of a task's datasets share one normalised scale. The Multi-Agent MuJoCo datasets use the same policies
+on the partitions' single-agent tasks. Every dataset is made with ``diffrl dataset make`` at ``--size``
+(D4RL's 1M by default), seed 0; a dataset that exists already is kept (rerunning goes on where it stopped).
+Writes ``made.json`` to ``--record`` (default: this folder): the policies picked, their returns and the
+datasets made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from diffrl_ref import cli
+from diffrl_ref.rl import datasets
+
+#: task -> the kinds made for the results (docs/offline.rst, docs/marl.rst); the expert set comes first
+SINGLE = {"HalfCheetah-v5": ("expert", "medium"), "Hopper-v5": ("expert", "medium-replay"),
+          "Walker2d-v5": ("expert", "medium")}
+#: partition -> its single-agent task and kinds
+MULTI = {"HalfCheetah-2x3": ("HalfCheetah-v5", ("expert", "medium", "medium-replay")),
+         "Hopper-3x1": ("Hopper-v5", ("expert", "medium", "medium-replay"))}
+
+
+def make(env: str, kind: str, policy: Path, root: Path, size: int | None, expert_return: float | None) -> str:
+    """``diffrl dataset make`` of one dataset, unless it exists; returns its id."""
+    ds_id = datasets.dataset_id(env, kind)
+    if (root / ds_id).exists():
+        print(f"make_datasets: {ds_id} exists; kept", flush=True)
+        return ds_id
+    argv = ["dataset", "make", "--env", env, "--kind", kind, "--out", str(root), "--seed", "0", "--policy",
+            str(policy)]
+    if size is not None:
+        argv += ["--size", str(size)]
+    if expert_return is not None:
+        argv += ["--expert-return", repr(expert_return)]
+    print("make_datasets: diffrl " + " ".join(argv), flush=True)
+    if cli.main(argv) != 0:
+        raise SystemExit(f"make_datasets: diffrl {' '.join(argv)} failed")
+    return ds_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--runs", required=True, help="the campaign's sweep folder (RUNS/ENV/sac/seed0)")
+    p.add_argument("--out", required=True, help="the Minari root to write to")
+    p.add_argument("--size", type=int, help="transitions per policy (default: 1M, D4RL's)")
+    p.add_argument("--record", default=str(Path(__file__).parent), help="where made.json goes")
+    p.add_argument("--tasks", nargs="*", help="only these tasks and partitions (default: all)")
+    args = p.parse_args(argv)
+    root = Path(args.out)
+    record: dict[str, dict[str, Any]] = {"datasets": {}, "policies": {}}
+    wanted = set(args.tasks) if args.tasks else set(SINGLE) | set(MULTI)
+    jobs: list[tuple[str, str, tuple[str, ...]]] = [(e, e, k) for e, k in SINGLE.items()]
+    jobs += [(part, task, kinds) for part, (task, kinds) in MULTI.items()]
+    for env, task, kinds in jobs:
+        if env not in wanted:
+            continue
+        run = Path(args.runs) / task / "sac" / "seed0"
+        pick: dict[str, Any] = datasets.behaviour_policies(run)
+        record["policies"][task] = pick
+        print(f"make_datasets: {task}: expert step {pick['expert_step']:,} (return {pick['expert_return']:.1f}), "
+              f"medium step {pick['medium_step']:,} (return {pick['medium_return']:.1f}, "
+              f"{pick['fraction']:.2f} of the expert's)", flush=True)
+        expert_return = None
+        for kind in kinds:
+            if kind == "medium-replay":  # the run's buffer up to the medium snapshot: its first rows
+                ds_id = make(env, kind, run / "checkpoint.pt", root, pick["medium_step"], expert_return)
+            else:
+                ds_id = make(env, kind, Path(pick[kind]), root, args.size, expert_return)
+            rec = datasets.record(ds_id, root)
+            record["datasets"][ds_id] = rec
+            if kind == "expert":
+                expert_return = rec["ref_max_score"]
+    out = Path(args.record) / "made.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"make_datasets: wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
