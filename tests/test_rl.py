@@ -506,3 +506,26 @@ def test_profile_shares_cover_the_learning_phase(algo: str, tmp_path: Path, caps
     printed = capsys.readouterr().out
     assert f"profile: {algo} on InvertedPendulum-v5" in printed and "%" in printed
     assert cli.main(["profile", algo, "--env", "NoSuchEnv-v0", "--steps", "5"]) == 2
+
+
+def test_campaign_throughput_script(tmp_path: Path) -> None:
+    """docs/rl/campaign-200k/throughput.py: one cell per task and agent, steps/s the median over rounds, the
+    shares of each phase summing to 1, and a table with a row per cell that says when the machine was busy."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "rl" / "campaign-200k" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("campaign_throughput", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--tasks", "Hopper-v5", "--rounds", "2", "--steps", "5", "--learning-starts", "300", "--out",
+                 str(tmp_path)])
+    rec = json.loads((tmp_path / "throughput.json").read_text())
+    for algo in ("sac", "diffsr"):
+        rounds = [r["steps_per_s"] for r in rec["runs"]["Hopper-v5"][algo]]
+        assert len(rounds) == 2 and rec["cells"]["Hopper-v5"][algo]["steps_per_s"] == pytest.approx(np.median(rounds))
+        assert sum(rec["cells"]["Hopper-v5"][algo]["shares"].values()) == pytest.approx(1.0)
+    rst = (tmp_path / "throughput.rst").read_text()
+    assert rst.count("   * - Hopper-v5") == 2 and "relative to SAC" in rst
+    busy = max(max(x) for x in rec["load_before_after"]) / (rec["cores"] or 1) > 0.5
+    assert ("not a quiet machine" in rst) == busy
