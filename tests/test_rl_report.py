@@ -323,3 +323,19 @@ def test_offline_runs_of_two_datasets_are_not_mixed(case: str, tmp_path: Path) -
     b = offline_run(tmp_path / "b", "edp", 1, [0.0, 90.0], other)
     with pytest.raises(report.ReportError, match="different datasets" if other else "no dataset.json"):
         report.main([a, b], tmp_path / "out", [5000])
+
+
+def test_resumed_runs_are_named(runs: list[Path], tmp_path: Path) -> None:
+    """starts.jsonl's resumes per seed reach results.json and a note under the table; runs without the record
+    are counted as unknown, not as never resumed."""
+    fresh, resume = '{"kind": "fresh", "step": 0}\n', '{"kind": "resume", "step": 5000}\n'
+    (runs[0] / "starts.jsonl").write_text(fresh + resume + resume)
+    (runs[1] / "starts.jsonl").write_text(fresh)
+    out = tmp_path / "out"
+    report.main(runs, out, [5000])
+    row = rows_by_group(out)[("Hopper-v5", "diffsr")]
+    assert row["resumed"] == {"0": 2} and row["unrecorded_starts"] == [2]
+    rst = (out / "results.rst").read_text()
+    assert "Diff-SR (ours) on Hopper-v5, seed 0 (2 times)." in rst
+    assert "4 of the 6 runs have no ``starts.jsonl``" in rst
+    assert (out / "runs" / "Hopper-v5" / "diffsr" / "seed0" / "starts.jsonl").read_text() == fresh + resume + resume

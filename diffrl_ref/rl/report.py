@@ -18,9 +18,12 @@ written to the output folder:
     (for each requested step that every seed reached: ``mean``, ``std`` and ``n`` over seeds of the
     evaluation at that step), ``seconds_per_1k_steps`` and ``steps_per_s`` (wall time of the learning
     phase, mean over seeds, evaluation excluded; null when no seed has learned yet) and ``complete``
-    (every seed has finished, that is has ``done.json``) with ``in_progress`` (the seeds that have not).
+    (every seed has finished, that is has ``done.json``) with ``in_progress`` (the seeds that have not),
+    ``resumed`` (seed -> how many times it was resumed from a checkpoint, from its ``starts.jsonl``) and
+    ``unrecorded_starts`` (the seeds whose folder predates ``starts.jsonl``).
 ``results.rst``
-    The same as a reStructuredText list table, followed by a note per group whose runs are in progress.
+    The same as a reStructuredText list table, followed by a note per group with resumed runs, one on runs
+    without a start record, and a note per group whose runs are in progress.
 ``runs/ENV/NAME/seedSEED/``
     NAME is the run folder's parent when the folder is named ``seedSEED`` (the layout of ``diffrl sweep``,
     so an archive copied back into a sweep folder lets the sweep skip its finished cells), else the
@@ -85,6 +88,7 @@ class Run:
     done: bool
     hp: tuple[tuple[str, str], ...] = ()  # the run's --hp overrides, sorted
     data: dict[str, Any] | None = None  # an offline run's dataset.json (datasets.record)
+    resumes: int | None = None  # starts.jsonl's resumes; None for a run from before that record existed
 
     @property
     def variant(self) -> str:
@@ -152,7 +156,13 @@ def load_run(path: Path) -> Run:
         data = json.loads(rec_path.read_text()) if rec_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read {rec_path}: {exc}") from None
-    return Run(path, env, algo, seed, every, evals, _throughput(path, done), done is not None, hp, data)
+    starts_path = path / "starts.jsonl"
+    try:
+        resumes = sum(json.loads(line).get("kind") == "resume" for line in starts_path.read_text().splitlines()
+                      if line.strip()) if starts_path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {starts_path}: {exc}") from None
+    return Run(path, env, algo, seed, every, evals, _throughput(path, done), done is not None, hp, data, resumes)
 
 
 def group(runs: list[Run]) -> dict[Group, list[Run]]:
@@ -280,6 +290,8 @@ def summarize(key: Group, runs: list[Run], at: list[int], ref: Reference | None 
             "seconds_per_1k_steps": per_1k,
             "steps_per_s": 1000.0 / per_1k if per_1k else None, "complete": all(r.done for r in runs),
             "in_progress": [r.seed for r in runs if not r.done],
+            "resumed": {str(r.seed): r.resumes for r in runs if r.resumes},
+            "unrecorded_starts": [r.seed for r in runs if r.resumes is None],
             **({"reference": {"random": ref.random, "expert": ref.expert}} if ref else {})}
 
 
@@ -291,7 +303,7 @@ def dataset_row(env: str, ref: Reference, at: list[int]) -> dict[str, Any]:
     return {"env": env, "algo": "dataset", "label": DATASET_LABEL, "seeds": [], "runs": [], "steps_reached": None,
             "metric": "normalised_score" if ref.scaled else metric(env),
             "at": {str(s): point for s in at} if value is not None else {}, "seconds_per_1k_steps": None,
-            "steps_per_s": None, "complete": True, "in_progress": [],
+            "steps_per_s": None, "complete": True, "in_progress": [], "resumed": {}, "unrecorded_starts": [],
             "reference": {"random": ref.random, "expert": ref.expert},
             "dataset": {k: ref.record.get(k) for k in ("kind", "transitions", "episodes", "episodes_averaged",
                                                         "average_return", "std_return", "policies", "how")}}
@@ -344,6 +356,16 @@ def rst_table(rows: list[dict[str, Any]], at: list[int]) -> str:
     if any(r["algo"] == "dataset" for r in rows):
         lines += ["", f"*{DATASET_LABEL}: the mean undiscounted return of the dataset's episodes that ended by "
                       "termination or time limit, on the same scale; the same at every step.*"]
+    for r in rows:
+        if r["resumed"]:
+            seeds = ", ".join(f"seed {k} ({n} time{'s' if n > 1 else ''})" for k, n in r["resumed"].items())
+            lines += ["", f"*Resumed from a checkpoint (``starts.jsonl``): {_escape(r['label'])} on "
+                          f"{_escape(r['env'])}, {seeds}.*"]
+    unrecorded = sum(len(r["unrecorded_starts"]) for r in rows)
+    if unrecorded:
+        total = sum(len(r["seeds"]) for r in rows)
+        lines += ["", f"*{unrecorded} of the {total} runs have no ``starts.jsonl`` (they ran before it was "
+                      "recorded): whether they were resumed is not known.*"]
     for r in rows:
         if not r["complete"]:
             busy = r["in_progress"]
