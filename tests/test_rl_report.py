@@ -339,3 +339,23 @@ def test_resumed_runs_are_named(runs: list[Path], tmp_path: Path) -> None:
     assert "Diff-SR (ours) on Hopper-v5, seed 0 (2 times)." in rst
     assert "4 of the 6 runs have no ``starts.jsonl``" in rst
     assert (out / "runs" / "Hopper-v5" / "diffsr" / "seed0" / "starts.jsonl").read_text() == fresh + resume + resume
+
+
+def test_ablation_decision_table_matches_its_results(tmp_path: Path) -> None:
+    """docs/rl/2026-12-06-ablation/decision.rst is what decide.py makes of the committed results.json."""
+    import importlib.util
+
+    folder = DOCS / "rl" / "2026-12-06-ablation"
+    spec = importlib.util.spec_from_file_location("ablation_decide", folder / "decide.py")
+    assert spec is not None and spec.loader is not None
+    decide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decide)
+    shutil.copyfile(folder / "results.json", tmp_path / "results.json")
+    decide.main(tmp_path)
+    assert (tmp_path / "decision.rst").read_text() == (folder / "decision.rst").read_text()
+    entries = json.loads((tmp_path / "decision.json").read_text())
+    default = next(e for e in entries if e["label"] == decide.DEFAULT)
+    for e in entries:
+        if "vs_default" in e:  # the table's difference is the difference of the two groups' means
+            assert e["vs_default"]["difference"] == pytest.approx(e["mean"] - default["mean"])
+            assert e["vs_default"]["low"] <= e["vs_default"]["difference"] <= e["vs_default"]["high"]

@@ -11,3 +11,4 @@ for g in $NAMES; do
   done
 done
 diffrl plot "${RUNS[@]}" --out docs/rl/2026-12-06-ablation --at 20000 50000
+python docs/rl/2026-12-06-ablation/decide.py
