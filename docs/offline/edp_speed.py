@@ -40,11 +40,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE))
 
-from speed import cpu_model, make_data  # noqa: E402
+from speed import make_data  # noqa: E402
 
 from diffrl_ref.rl.datasets import Transitions  # noqa: E402
 from diffrl_ref.rl.diffusion_ql import DiffusionQLAgent, DiffusionQLConfig  # noqa: E402
 from diffrl_ref.rl.edp import EDPAgent, EDPConfig  # noqa: E402
+from diffrl_ref.rl.loop import cpu_model  # noqa: E402
 
 
 def parse() -> argparse.Namespace:

@@ -120,13 +120,6 @@ def stub_missing() -> list[str]:
     return stubs
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def make_data(rows: int, seed: int) -> dict[str, np.ndarray]:
     """Random arrays with Hopper-v5 shapes, float32, D4RL key names."""
     rng = np.random.default_rng(seed)
@@ -187,6 +180,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from diffrl_ref.rl.datasets import Transitions
     from diffrl_ref.rl.diffusion_ql import DiffusionQLAgent, DiffusionQLConfig
+    from diffrl_ref.rl.loop import cpu_model
 
     sys.path.insert(0, str(official_dir))
     stubs = stub_missing()

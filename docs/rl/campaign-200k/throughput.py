@@ -31,21 +31,13 @@ from typing import Any
 import torch
 
 from diffrl_ref.rl import profile
+from diffrl_ref.rl.loop import cpu_model
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5")
 AGENTS = ("sac", "diffsr")
 LABELS = {"sac": "SAC (stable-baselines3)", "diffsr": "Diff-SR (ours)"}
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def table(record: dict[str, Any]) -> str:
