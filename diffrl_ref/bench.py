@@ -45,18 +45,32 @@ if TYPE_CHECKING:
     EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The processor's name (float32 kernels round differently on different CPUs: runs are bitwise
+    reproducible on the same kind of machine only)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return platform.processor() or platform.machine()
+
+
+def load_conditions(load_1min: float, threads: int) -> str:
+    """How a measurement's table describes the machine, from a 1-minute load average read while (or right after)
+    it ran, to which the measuring process itself adds about its ``threads``: more than half a core beyond
+    that is other work."""
+    if load_1min - threads > 0.5:
+        return ("other work shared the cores, so the absolute numbers are low; the measured cases were "
+                "interleaved so that they shared the same load")
+    return "a quiet machine: nothing else ran"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "python": platform.python_version(), "torch": torch.__version__,
                             "platform": platform.platform()}
     try:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..bench import cpu_model
 from . import diffsr, diffusion_ql, dof, dom2, edp, envs, gate, madiff, sac
 from .diffsr import DiffSRAgent, DiffSRConfig
 from .diffusion_ql import DiffusionQLAgent, DiffusionQLConfig
@@ -158,20 +159,6 @@ class State:
     train_seconds: float = 0.0
     learn_seconds: float = 0.0
     learn_steps: int = 0
-
-
-def cpu_model() -> str:
-    """The processor's name (float32 kernels round differently on different CPUs: runs are bitwise
-    reproducible on the same kind of machine only)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def record_start(out: Path, kind: str, step: int, device: str) -> None:

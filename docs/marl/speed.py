@@ -37,11 +37,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
+from diffrl_ref.bench import cpu_model, load_conditions  # noqa: E402
 from diffrl_ref.rl import marl  # noqa: E402
 from diffrl_ref.rl.datasets import JointTransitions  # noqa: E402
 from diffrl_ref.rl.dof import DoFAgent, DoFConfig  # noqa: E402
 from diffrl_ref.rl.dom2 import DOM2Agent, DOM2Config  # noqa: E402
-from diffrl_ref.rl.loop import cpu_model  # noqa: E402
 from diffrl_ref.rl.madiff import MADiffAgent, MADiffConfig  # noqa: E402
 
 PARTITION = "HalfCheetah-2x3"
@@ -161,9 +161,7 @@ def main() -> None:
              f"Measured {record['date']} on {record['cpu']} ({record['cores']} cores), CPU, float32, "
              f"{args.threads} torch thread(s), torch {torch.__version__}. Command: ``{record['command'].strip()}``. "
              f"Load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load[0])} before and "
-             f"{', '.join(f'{x:.2f}' for x in load[1])} after (above 2 on this 2-core machine: other work shared "
-             "the cores, so the absolute numbers are low; the agents were interleaved so that they shared the "
-             "same load).", "",
+             f"{', '.join(f'{x:.2f}' for x in load[1])} after ({load_conditions(load[1][0], args.threads)}).", "",
              f".. list-table:: {PARTITION} shapes, {args.rows:,} random rows, batch at each agent's default, "
              f"{args.rounds} interleaved rounds", "   :header-rows: 1", "",
              "   * - Measure"] + [f"     - {k}" for k in agents]

@@ -42,10 +42,10 @@ sys.path.insert(0, str(HERE))
 
 from speed import make_data  # noqa: E402
 
+from diffrl_ref.bench import cpu_model, load_conditions  # noqa: E402
 from diffrl_ref.rl.datasets import Transitions  # noqa: E402
 from diffrl_ref.rl.diffusion_ql import DiffusionQLAgent, DiffusionQLConfig  # noqa: E402
 from diffrl_ref.rl.edp import EDPAgent, EDPConfig  # noqa: E402
-from diffrl_ref.rl.loop import cpu_model  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -132,7 +132,7 @@ def main() -> None:
              f"{record['device']}, float32, "
              f"{args.threads} torch thread(s), torch {torch.__version__}. Command: ``{record['command'].strip()}``. "
              f"Load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load[0])} before and "
-             f"{', '.join(f'{x:.2f}' for x in load[1])} after.", "",
+             f"{', '.join(f'{x:.2f}' for x in load[1])} after ({load_conditions(load[1][0], args.threads)}).", "",
              f".. list-table:: Hopper-v5 shapes, {args.rows:,} random rows, batch 256, "
              f"{args.rounds} interleaved rounds", "   :header-rows: 1", "",
              "   * - Measure"] + [f"     - {k}" for k in agents]

@@ -178,9 +178,9 @@ def main() -> None:
     commit = official_source(official_dir, args.mirror)
 
     sys.path.insert(0, str(ROOT))
+    from diffrl_ref.bench import cpu_model
     from diffrl_ref.rl.datasets import Transitions
     from diffrl_ref.rl.diffusion_ql import DiffusionQLAgent, DiffusionQLConfig
-    from diffrl_ref.rl.loop import cpu_model
 
     sys.path.insert(0, str(official_dir))
     stubs = stub_missing()
@@ -326,6 +326,20 @@ def main() -> None:
           f"target 1.5x {'met' if result['target_met'] else 'not met'}; wrote {out}/speed.json, speed.rst")
 
 
+def conditions(res: dict[str, Any]) -> str:
+    """Quiet or loaded, from the 1-minute load average after each round (this process counts for its threads)."""
+    peak = max(res["load_average_1min_after_each_round"])
+    others = peak - res["torch_threads"]
+    if others > 0.5:
+        return (f"Measured under load: other processes ran on this {res['cpu_count']}-core machine (1-minute load "
+                f"average up to {peak:.2f} during the rounds, this process counting for about "
+                f"{res['torch_threads']}), so the absolute numbers are low and vary from round to round; "
+                "the per-call wall times are then bimodal (the process has a core to itself or shares one), "
+                "which can move a median between the two modes: compare the quartiles and the CPU-time row.")
+    return (f"Measured on a quiet machine: nothing else ran on this {res['cpu_count']}-core machine (1-minute "
+            f"load average at most {peak:.2f} during the rounds, this process included).")
+
+
 def render(res: dict[str, Any]) -> str:
     s, st = res["settings"], res["steps_per_s"]
     rt, la = res["ratio_ours_over_official"], res["act_latency_ms"]
@@ -408,15 +422,11 @@ Load average (1, 5, 15 min) {lb[0]:.2f}, {lb[1]:.2f}, {lb[2]:.2f} before and {la
 The issue's target, ours at least 1.5 times as many gradient steps per second as the official code, is
 **{met}** (median per-round ratio {rt['median']:.2f} by the wall clock, {cr['median']:.2f} by CPU time).
 
-Note. Measured under load: a long CPU campaign ran on this {res['cpu_count']}-core machine, so the absolute
-numbers are low and vary from round to round; to expose both implementations to the same load, both run
-in the same process, on the same random data, after {s['warmup']} warm-up steps each, and the rounds
-alternate ({s['steps_per_round']} steps of ours, then {s['steps_per_round']} of the official code,
-and so on), as do the action-selection calls, one by one; the ratio is taken within each round. The
-process CPU time (``time.process_time()``) counts only the time this process ran, so it is less
-inflated by the other processes than the wall clock (cache sharing still affects it). The per-call wall
-times are bimodal under this load (the process has a core to itself or shares one), which can move a
-median between the two modes: compare the quartiles and the CPU-time row.
+Note. {conditions(res)} Both implementations run in the same process, on the same random data, after
+{s['warmup']} warm-up steps each, and the rounds alternate ({s['steps_per_round']} steps of ours, then
+{s['steps_per_round']} of the official code, and so on), as do the action-selection calls, one by one; the
+ratio is taken within each round. The process CPU time (``time.process_time()``) counts only the time this
+process ran, so it is less inflated by other processes than the wall clock (cache sharing still affects it).
 The official code runs unmodified (only agents/ql_diffusion.py and utils/data_sampler.py are imported;
 main.py needs gym and d4rl). {stub_text}. Per gradient step the two evaluate the same networks the same
 number of times (five EMA-policy calls for the target action, the target and online critics, one
