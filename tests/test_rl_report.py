@@ -216,7 +216,7 @@ def parse_steps(rst: str) -> list[int]:
 
 
 DOCS = Path(__file__).parent.parent / "docs"
-BATCHES = sorted(p.parent for p in [*(DOCS / "rl").glob("*/runs"), *(DOCS / "offline").glob("*/runs")])
+BATCHES = sorted(p.parent for area in ("rl", "offline", "marl") for p in (DOCS / area).glob("*/runs"))
 
 
 def archived_runs(root: Path) -> list[Path]:
