@@ -425,6 +425,6 @@ def test_sweep_runs_d3rlpy_cells_as_the_runner_does(tmp_path: Path, monkeypatch:
     with pytest.raises(sweep.SweepError, match="unknown iql hyperparameter 'nope'"):
         sweep.load_grid(grid)
     monkeypatch.delenv("DIFFRL_D3RLPY_PYTHON", raising=False)
-    monkeypatch.setattr(sweep, "CHECKOUT", tmp_path)  # no .tox/d3rlpy there
+    monkeypatch.setattr(sweep, "checkouts", lambda: [tmp_path])  # no .tox/d3rlpy there
     with pytest.raises(sweep.SweepError, match="DIFFRL_D3RLPY_PYTHON"):
         sweep.load_grid(grid)

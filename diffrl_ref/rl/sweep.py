@@ -49,8 +49,7 @@ GRID_KEYS = {"steps", "seeds", "envs", "datasets", "dataset_root", "groups", "ev
 GROUP_KEYS = {"algo", "name", "hp"}
 #: d3rlpy baselines in a grid: algo -> baselines/d3rlpy_run.py's algorithm
 BASELINES = {f"d3rlpy-{a}": a for a in ("bc", "td3bc", "iql", "cql")}
-CHECKOUT = Path(__file__).resolve().parents[2]
-RUNNER = CHECKOUT / "baselines" / "d3rlpy_run.py"
+CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -71,6 +70,9 @@ class Cell:
     checkpoint_every: int = 10_000
     dataset: str = ""
     dataset_root: str = ""
+    # a d3rlpy cell: the runner script and the d3rlpy environment's python, found when the grid is loaded
+    runner: str = ""
+    python: str = ""
 
     def folder(self, out: Path) -> Path:
         return out / (self.dataset or self.env) / self.group / f"seed{self.seed}"
@@ -86,14 +88,29 @@ class Cell:
                               dataset_root=self.dataset_root)
 
 
+def checkouts() -> list[Path]:
+    """Where ``baselines/`` and ``.tox/d3rlpy`` are looked for: this package's checkout (an editable install),
+    then the working directory (a sweep is run from the repository root; a wheel install has no checkout)."""
+    return [CHECKOUT, Path.cwd()]
+
+
+def runner() -> Path:
+    """The checkout's ``baselines/d3rlpy_run.py``."""
+    for root in checkouts():
+        if (root / "baselines" / "d3rlpy_run.py").is_file():
+            return (root / "baselines" / "d3rlpy_run.py").resolve()
+    raise SweepError("grid has d3rlpy groups, but baselines/d3rlpy_run.py is not found: run the sweep from the "
+                     "repository root")
+
+
 def d3rlpy_python() -> str:
     """The d3rlpy environment's python: ``DIFFRL_D3RLPY_PYTHON``, else the checkout's ``.tox/d3rlpy``."""
     given = os.environ.get("DIFFRL_D3RLPY_PYTHON")
-    tox = CHECKOUT / ".tox" / "d3rlpy" / "bin" / "python"
     if given:
         return given
-    if tox.exists():
-        return str(tox)
+    for root in checkouts():
+        if (root / ".tox" / "d3rlpy" / "bin" / "python").exists():
+            return str((root / ".tox" / "d3rlpy" / "bin" / "python").absolute())
     raise SweepError("grid has d3rlpy groups: set DIFFRL_D3RLPY_PYTHON to the d3rlpy environment's python, or "
                      "build .tox/d3rlpy with `tox -e d3rlpy` (baselines/README.md)")
 
@@ -102,9 +119,7 @@ def _baseline_hp(algo: str, hp: dict[str, Any]) -> dict[str, Any]:
     """A d3rlpy group's overrides checked and converted by the runner's own table (it imports no d3rlpy)."""
     import importlib.util
 
-    if not RUNNER.is_file():
-        raise SweepError(f"grid has d3rlpy groups, but {RUNNER} is missing (run the sweep from a checkout)")
-    spec = importlib.util.spec_from_file_location("_d3rlpy_run", RUNNER)
+    spec = importlib.util.spec_from_file_location("_d3rlpy_run", runner())
     assert spec is not None and spec.loader is not None
     mod = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
     if spec.name not in sys.modules:
@@ -174,8 +189,9 @@ def load_grid(path: Path) -> list[Cell]:
         if not isinstance(hp, dict):
             raise SweepError(f"grid: group {i + 1}: hp must be a mapping, got {hp!r}")
         baseline = g["algo"] in BASELINES
+        python, script = "", ""
         if baseline:
-            d3rlpy_python()
+            python, script = d3rlpy_python(), str(runner())
             typed = _baseline_hp(str(g["algo"]), hp)
         else:
             try:
@@ -191,7 +207,7 @@ def load_grid(path: Path) -> list[Cell]:
             if not data_ids:
                 raise SweepError(f"grid: group {i + 1} ({g['algo']}) trains offline: the grid needs datasets")
             cells += [Cell(str(g["algo"]), data_env[d], seed, steps, name, typed, **every, dataset=d,
-                           dataset_root=root) for d in data_ids for seed in seeds]
+                           dataset_root=root, runner=script, python=python) for d in data_ids for seed in seeds]
         else:
             if not env_ids:
                 raise SweepError(f"grid: group {i + 1} ({g['algo']}) trains online: the grid needs envs")
@@ -228,7 +244,7 @@ def _run_baseline(c: Cell, folder: Path, threads: int) -> dict[str, Any]:
     """A d3rlpy cell: the runner in the d3rlpy environment, its last stderr line as the error."""
     import subprocess
 
-    argv = [d3rlpy_python(), str(RUNNER), BASELINES[c.algo], "--dataset", c.dataset, "--dataset-root",
+    argv = [c.python, c.runner, BASELINES[c.algo], "--dataset", c.dataset, "--dataset-root",
             c.dataset_root, "--steps", str(c.steps), "--seed", str(c.seed), "--out", str(folder), "--eval-every",
             str(c.eval_every), "--eval-episodes", str(c.eval_episodes), "--threads", str(threads), "--no-progress",
             *[x for k, v in c.hp.items() for x in ("--hp", f"{k}={v}")]]
