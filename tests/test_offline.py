@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -248,3 +249,64 @@ def test_edp_hyperparameter_relations_are_checked() -> None:
         loop.agent_config("edp", {"dpm_steps": "20", "K": "10"})
     with pytest.raises(loop.RunError, match="likelihood must be one of elbo, gaussian"):
         loop.agent_config("edp", {"likelihood": "mle"})
+
+
+@pytest.mark.parametrize("algo", ["diffusion-ql", "edp"])
+def test_batched_action_selection_is_per_state(algo: str) -> None:
+    """act_batch (evaluation in lockstep): each state's action is one of its own candidates, picked by softmax of
+    its own Q; with the same noise a state's action does not depend on the other states of the batch; a
+    planted bug that picks across states (softmax over the whole batch) is caught."""
+    from diffrl_ref.rl import diffusion_ql as dql
+
+    ag: Any = (DiffusionQLAgent(_data(), DiffusionQLConfig(hidden=16, t_dim=4, eval_samples=8)) if algo ==
+               "diffusion-ql" else EDPAgent(_data(), EDPConfig(**{**EDP_TINY, "eval_samples": 8})))  # type: ignore[arg-type]
+    states = _data(seed=1).observations[:3]
+
+    def first(batch: np.ndarray) -> np.ndarray:
+        torch.manual_seed(4)
+        out: np.ndarray = ag.act_batch(batch, list(range(len(batch))))
+        return out
+
+    base = first(states)
+    assert base.shape == (3, 2) and np.all(np.abs(base) <= 1.0)
+    other = states.copy()
+    other[1:] += 3.0
+    np.testing.assert_array_equal(first(other)[0], base[0])
+    # the pick is among the state's own candidates: with Q made huge for one candidate of each state, that one
+    cands: list[torch.Tensor] = []
+    real = ag.sample
+
+    def spy(*args: Any) -> torch.Tensor:
+        out: torch.Tensor = real(*args)
+        cands.append(out)
+        return out
+
+    ag.sample = spy
+    crit = ag.critic_target if algo == "diffusion-ql" else ag.critic
+    pick = torch.tensor([5, 0, 7])
+
+    def rigged(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        q = torch.zeros(2, len(x))
+        q[:, torch.arange(3) * 8 + pick] = 1e4
+        return q
+
+    if algo == "diffusion-ql":
+        ag.critic_target = rigged
+    else:
+        ag.critic = rigged
+    got = ag.act_batch(states, [0, 1, 2])
+    np.testing.assert_array_equal(got, cands[-1].reshape(3, 8, 2)[torch.arange(3), pick].numpy())
+    # planted: one softmax over all 24 candidates would hand every state the same (the first rigged) action
+    flat = lambda a, q, n: dql.select_by_q(a, q)[None].repeat(n, 0)  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dql, "select_by_q_rows", flat)
+        if algo == "edp":
+            import diffrl_ref.rl.edp as edp_mod
+
+            mp.setattr(edp_mod, "select_by_q_rows", flat)
+        bad = ag.act_batch(states, [0, 1, 2])
+    assert not np.array_equal(bad, got)
+    if algo == "diffusion-ql":
+        ag.critic_target = crit
+    else:
+        ag.critic = crit

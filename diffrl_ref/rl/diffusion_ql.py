@@ -205,6 +205,15 @@ def select_by_q(candidates: Tensor, q: Tensor) -> np.ndarray:
     return out
 
 
+def select_by_q_rows(candidates: Tensor, q: Tensor, n: int) -> np.ndarray:
+    """:func:`select_by_q` for n states at once: candidates (n m, da) and q (n m,), m per state in order; one
+    candidate per state drawn with probabilities softmax(q) over its own m. Returns (n, da)."""
+    a, w = candidates.reshape(n, -1, candidates.shape[-1]), torch.softmax(q.reshape(n, -1), dim=1)
+    i = torch.multinomial(w, 1)[:, 0]
+    out: np.ndarray = a[torch.arange(n, device=a.device), i].cpu().numpy()
+    return out
+
+
 class DiffusionQLAgent(OfflineAgent):
     """Offline Diffusion-QL; ``act`` and ``update`` are the loop's interface (``observe`` is not used offline)."""
 
@@ -248,6 +257,15 @@ class DiffusionQLAgent(OfflineAgent):
             x = x.expand(self.cfg.eval_samples, -1)
             a = self.sample(self.policy, x)
             return select_by_q(a, torch.amin(self.critic_target(x, a), dim=0))
+
+    def act_batch(self, states: np.ndarray, rows: list[int]) -> np.ndarray:
+        """:meth:`act` for n evaluation episodes at once (envs.evaluate_batched): the n x eval_samples candidates
+        in one chain, one pick per state among its own candidates."""
+        with torch.no_grad():
+            x = torch.as_tensor(states, dtype=torch.float32, device=self.device)
+            x = x.repeat_interleave(self.cfg.eval_samples, dim=0)
+            a = self.sample(self.policy, x)
+            return select_by_q_rows(a, torch.amin(self.critic_target(x, a), dim=0), len(states))
 
 
     def update(self) -> dict[str, Tensor]:

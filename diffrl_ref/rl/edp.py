@@ -43,7 +43,7 @@ from ..fast.nets import DiffusionQLNet, Mish
 from ..fast.schedule import Schedule
 from .datasets import Transitions
 from .diffusion_ql import FAMILIES as DQL_FAMILIES
-from .diffusion_ql import DatasetSampler, DoubleCritic, OfflineAgent, select_by_q, with_family_row
+from .diffusion_ql import DatasetSampler, DoubleCritic, OfflineAgent, select_by_q, select_by_q_rows, with_family_row
 from .domains import DISCOUNT, NON_NEGATIVE, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
 
 
@@ -220,6 +220,14 @@ class EDPAgent(OfflineAgent):
             x = x.expand(self.cfg.eval_samples, -1)
             a = self.sample(x)
             return select_by_q(a, torch.amin(self.critic(x, a), dim=0))
+
+    def act_batch(self, states: np.ndarray, rows: list[int]) -> np.ndarray:
+        """:meth:`act` for n evaluation episodes at once (envs.evaluate_batched), as Diffusion-QL's."""
+        with torch.no_grad():
+            x = torch.as_tensor(states, dtype=torch.float32, device=self.device)
+            x = x.repeat_interleave(self.cfg.eval_samples, dim=0)
+            a = self.sample(x)
+            return select_by_q_rows(a, torch.amin(self.critic(x, a), dim=0), len(states))
 
 
     def _clip(self, *modules: nn.Module) -> None:

@@ -333,12 +333,11 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
         eval_envs: list[Any] = []
 
         def evaluate() -> dict[str, float]:
-            if hasattr(agent, "act_batch"):  # a planner (MADiff): the episodes in lockstep, one plan for all
+            if hasattr(agent, "act_batch"):  # the episodes in lockstep, one batch of network calls per step
                 if not eval_envs:
                     eval_envs.extend([eval_env] + [envs.make(eval_task(cfg.env), cfg.seed, evaluation=True)
                                                    for _ in range(cfg.eval_episodes - 1)])
-                res = envs.evaluate_batched(agent.act_batch, eval_envs, cfg.seed,
-                                            agent.reset_batch)  # type: ignore[attr-defined]
+                res = envs.evaluate_batched(agent.act_batch, eval_envs, cfg.seed, getattr(agent, "reset_batch", None))
             else:
                 res = envs.evaluate(policy, eval_env, cfg.seed, cfg.eval_episodes,
                                     new_episode=getattr(agent, "reset", None))
