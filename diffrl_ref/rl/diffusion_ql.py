@@ -23,6 +23,7 @@ min_i Q_target_i (the official ``sample_action``). Every hyperparameter and its 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -198,20 +199,24 @@ class OfflineAgent:
         self.steps = int(st["steps"])
 
 
-def select_by_q(candidates: Tensor, q: Tensor) -> np.ndarray:
-    """One of the candidate actions (n, da), drawn with probabilities softmax(q) (the official action selection)."""
-    i = torch.multinomial(torch.softmax(q, dim=0), 1)
-    out: np.ndarray = candidates[i[0]].cpu().numpy()
-    return out
-
-
 def select_by_q_rows(candidates: Tensor, q: Tensor, n: int) -> np.ndarray:
-    """:func:`select_by_q` for n states at once: candidates (n m, da) and q (n m,), m per state in order; one
+    """The official action selection for n states: candidates (n m, da) and q (n m,), m per state in order; one
     candidate per state drawn with probabilities softmax(q) over its own m. Returns (n, da)."""
     a, w = candidates.reshape(n, -1, candidates.shape[-1]), torch.softmax(q.reshape(n, -1), dim=1)
     i = torch.multinomial(w, 1)[:, 0]
     out: np.ndarray = a[torch.arange(n, device=a.device), i].cpu().numpy()
     return out
+
+
+def act_by_q(states: np.ndarray, m: int, device: torch.device, candidates: Callable[[Tensor], Tensor],
+             critic: Callable[[Tensor, Tensor], Tensor]) -> np.ndarray:
+    """The official action selection for n states (n, ds) at once: m candidates per state from ``candidates``
+    (one chain for all), one per state drawn with probabilities softmax of the critics' min over its own m.
+    Returns (n, da); one state's action does not depend on the others'."""
+    with torch.no_grad():
+        x = torch.as_tensor(np.asarray(states, np.float32), device=device).repeat_interleave(m, dim=0)
+        a = candidates(x)
+        return select_by_q_rows(a, torch.amin(critic(x, a), dim=0), len(states))
 
 
 class DiffusionQLAgent(OfflineAgent):
@@ -252,20 +257,14 @@ class DiffusionQLAgent(OfflineAgent):
 
     def act(self, s: np.ndarray, deterministic: bool) -> np.ndarray:
         """The official action selection (both modes: the policy is stochastic by construction)."""
-        with torch.no_grad():
-            x = torch.as_tensor(s, dtype=torch.float32, device=self.device).unsqueeze(0)
-            x = x.expand(self.cfg.eval_samples, -1)
-            a = self.sample(self.policy, x)
-            return select_by_q(a, torch.amin(self.critic_target(x, a), dim=0))
+        out: np.ndarray = self.act_batch(np.asarray(s)[None], [0])[0]
+        return out
 
     def act_batch(self, states: np.ndarray, rows: list[int]) -> np.ndarray:
-        """:meth:`act` for n evaluation episodes at once (envs.evaluate_batched): the n x eval_samples candidates
-        in one chain, one pick per state among its own candidates."""
-        with torch.no_grad():
-            x = torch.as_tensor(states, dtype=torch.float32, device=self.device)
-            x = x.repeat_interleave(self.cfg.eval_samples, dim=0)
-            a = self.sample(self.policy, x)
-            return select_by_q_rows(a, torch.amin(self.critic_target(x, a), dim=0), len(states))
+        """:meth:`act` for n evaluation episodes at once (envs.evaluate_batched), :func:`act_by_q` with the
+        policy's chain and the target critics."""
+        return act_by_q(states, self.cfg.eval_samples, self.device, lambda x: self.sample(self.policy, x),
+                        self.critic_target)
 
 
     def update(self) -> dict[str, Tensor]:

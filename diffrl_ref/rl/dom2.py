@@ -37,7 +37,7 @@ from ..fast.nets import DiffusionQLNet
 from ..fast.schedule import Schedule
 from .datasets import JointTransitions
 from .diffusion_ql import DOMAINS as DQL_DOMAINS
-from .diffusion_ql import DoubleCritic, select_by_q
+from .diffusion_ql import DoubleCritic, select_by_q_rows
 from .domains import NON_NEGATIVE, POSITIVE_INT, Domain
 from .joint import DecentralisedAgent, JointSampler
 
@@ -146,7 +146,7 @@ class DOM2Agent(DecentralisedAgent):
         o = obs.unsqueeze(0).expand(self.cfg.eval_samples, -1)
         a = self.sample(self.policies[j], o, self.act_dims[j])
         q = torch.amin(self.critic_targets[j](o, a), dim=0)
-        return torch.as_tensor(select_by_q(a, q), device=self.device)
+        return torch.as_tensor(select_by_q_rows(a, q, 1)[0], device=self.device)
 
     def critic_loss(self, j: int, o: Tensor, a: Tensor, r: Tensor, o_next: Tensor, done: Tensor) -> Tensor:
         """Agent j's CQL critic loss, batch mean of the sum over its two heads."""

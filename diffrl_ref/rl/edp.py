@@ -43,7 +43,7 @@ from ..fast.nets import DiffusionQLNet, Mish
 from ..fast.schedule import Schedule
 from .datasets import Transitions
 from .diffusion_ql import FAMILIES as DQL_FAMILIES
-from .diffusion_ql import DatasetSampler, DoubleCritic, OfflineAgent, select_by_q, select_by_q_rows, with_family_row
+from .diffusion_ql import DatasetSampler, DoubleCritic, OfflineAgent, act_by_q, with_family_row
 from .domains import DISCOUNT, NON_NEGATIVE, POLYAK, POSITIVE, POSITIVE_INT, Domain, one_of
 
 
@@ -215,19 +215,13 @@ class EDPAgent(OfflineAgent):
 
     def act(self, s: np.ndarray, deterministic: bool) -> np.ndarray:
         """The official action selection (both modes: the policy is stochastic by construction)."""
-        with torch.no_grad():
-            x = torch.as_tensor(s, dtype=torch.float32, device=self.device).unsqueeze(0)
-            x = x.expand(self.cfg.eval_samples, -1)
-            a = self.sample(x)
-            return select_by_q(a, torch.amin(self.critic(x, a), dim=0))
+        out: np.ndarray = self.act_batch(np.asarray(s)[None], [0])[0]
+        return out
 
     def act_batch(self, states: np.ndarray, rows: list[int]) -> np.ndarray:
-        """:meth:`act` for n evaluation episodes at once (envs.evaluate_batched), as Diffusion-QL's."""
-        with torch.no_grad():
-            x = torch.as_tensor(states, dtype=torch.float32, device=self.device)
-            x = x.repeat_interleave(self.cfg.eval_samples, dim=0)
-            a = self.sample(x)
-            return select_by_q_rows(a, torch.amin(self.critic(x, a), dim=0), len(states))
+        """:meth:`act` for n evaluation episodes at once (envs.evaluate_batched), :func:`act_by_q` with the
+        solver's samples and the online critics."""
+        return act_by_q(states, self.cfg.eval_samples, self.device, lambda x: self.sample(x), self.critic)
 
 
     def _clip(self, *modules: nn.Module) -> None:

@@ -109,6 +109,10 @@ def evaluate(policy: Any, env: Any, seed: int, episodes: int, new_episode: Any =
         returns.append(ret)
         lengths.append(n)
         successes.append(success)
+    return _summary(returns, lengths, successes)
+
+
+def _summary(returns: list[float], lengths: list[int], successes: list[bool]) -> dict[str, float]:
     return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
             "length_mean": float(np.mean(lengths)), "success_rate": float(np.mean(successes))}
 
@@ -135,5 +139,4 @@ def evaluate_batched(policy: Any, env_list: list[Any], seed: int, new_episodes: 
             if not (term or trunc):
                 still.append(i)
         running = still
-    return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
-            "length_mean": float(np.mean(lengths)), "success_rate": float(np.mean(successes))}
+    return _summary(returns, lengths, successes)

@@ -201,8 +201,9 @@ class Reference:
 
     def affine(self) -> tuple[float, float]:
         """(offset, factor) with score = factor * (return - offset); (0, 1) when the env is not scaled."""
-        if self.random is None or self.expert is None or self.expert == self.random:
+        if not self.scaled:
             return 0.0, 1.0
+        assert self.random is not None and self.expert is not None
         return self.random, 100.0 / (self.expert - self.random)
 
     def score(self, ret: float) -> float:
@@ -410,7 +411,7 @@ def plot(groups: dict[Group, list[Run]], path: Path, refs: dict[str, Reference] 
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         if ref is not None and ref.average is not None:
             ax.axhline(ref.score(ref.average), color="k", linestyle=":", linewidth=1, label=DATASET_LABEL)
-        offline = ref is not None
+        offline = any(algo in loop.OFFLINE or algo.startswith("d3rlpy-") for (_, algo, _), _ in lines)
         ax.set(title=env, xlabel="gradient steps" if offline else "environment steps",
                ylabel="success rate" if col == "success_rate" else
                "normalised score" if ref is not None and ref.scaled else "evaluation return")

@@ -18,7 +18,8 @@ Hopper-v5 shapes (``speed.py``'s data, 100,000 rows): gradient steps per second 
 in R rounds that interleave the three (N steps each of the first two, N_1000 of the third, after 3 warm-up
 steps each), wall clock and process CPU time; then action selection at batch 1 with 50 candidates
 (Diffusion-QL: the K = 5 chain; EDP: 15 DPM-Solver++(2M) steps), median of C calls after warm-up,
-interleaved. Writes ``edp_speed.json`` and ``edp_speed.rst`` to ``--out`` (default: this script's folder).
+interleaved; and one action in each of E evaluation episodes, in lockstep (``act_batch``) and one after the
+other. Writes ``edp_speed.json`` and ``edp_speed.rst`` to ``--out`` (default: this script's folder).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100, help="N: steps of Diffusion-QL (K=5) and EDP per round")
     p.add_argument("--steps-1000", type=int, default=3, help="steps of Diffusion-QL at K = 1000 per round")
     p.add_argument("--latency-calls", type=int, default=100)
+    p.add_argument("--eval-episodes", type=int, default=10, help="E: episodes of an evaluation (the default)")
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA is synchronised before each clock read)")
@@ -107,6 +109,20 @@ def main() -> None:
             t = time.perf_counter()
             agent.act(obs, True)  # returns a host array: the device has finished
             lat[name].append(1e3 * (time.perf_counter() - t))
+    # an evaluation step: one action in each of E episodes, in lockstep (act_batch, as the loop evaluates) and
+    # one after the other (act)
+    states = d["observations"][:args.eval_episodes]
+    rows_e = list(range(len(states)))
+    ev: dict[str, dict[str, list[float]]] = {k: {"lockstep": [], "sequential": []} for k in acting}
+    for _ in range(args.latency_calls // 10 + 1):
+        for name, agent in acting.items():
+            t = time.perf_counter()
+            agent.act_batch(states, rows_e)
+            ev[name]["lockstep"].append(1e3 * (time.perf_counter() - t))
+            t = time.perf_counter()
+            for s_i in states:
+                agent.act(s_i, True)
+            ev[name]["sequential"].append(1e3 * (time.perf_counter() - t))
     load.append(os.getloadavg())
     wall = {k: statistics.median(r[0] for r in v) for k, v in rounds.items()}
     cpu = {k: statistics.median(r[1] for r in v) for k, v in rounds.items()}
@@ -118,6 +134,8 @@ def main() -> None:
         "python": platform.python_version(), "load_before_after": load, "rounds": args.rounds,
         "steps": {k: n for k, (_, n) in agents.items()}, "steps_per_s_wall": wall, "steps_per_s_cpu": cpu,
         "per_round": rounds, "act_ms_median": {k: statistics.median(v) for k, v in lat.items()},
+        "eval_episodes": args.eval_episodes,
+        "eval_step_ms_median": {k: {m: statistics.median(v) for m, v in d_.items()} for k, d_ in ev.items()},
         "edp_over_dql_same_k_wall": wall["EDP, K = 1000"] / wall["Diffusion-QL, K = 1000"],
         "edp_over_dql_k5_wall": wall["EDP, K = 1000"] / wall["Diffusion-QL, K = 5"],
     }
@@ -140,6 +158,11 @@ def main() -> None:
         lines += [f"   * - {title}"] + [f"     - {vals[k]:.3g}" for k in agents]
     lines += ["   * - action selection at batch 1 (50 candidates), wall-clock ms, median"] + \
         [f"     - {record['act_ms_median'][k]:.2f}" if k in lat else "     - —" for k in agents]
+    es = record["eval_step_ms_median"]
+    for mode, what in (("lockstep", "in lockstep (one chain for all, as the loop evaluates)"),
+                       ("sequential", "one after the other")):
+        lines += [f"   * - one action in each of {args.eval_episodes} evaluation episodes, {what}, wall-clock ms, "
+                  "median"] + [f"     - {es[k][mode]:.1f}" if k in es else "     - —" for k in agents]
     lines += ["", f"At the same K = 1000, an EDP step is {record['edp_over_dql_same_k_wall']:.0f} times as fast as a "
               f"Diffusion-QL step here (wall clock); against Diffusion-QL at its own K = 5 the ratio is "
               f"{record['edp_over_dql_k5_wall']:.2f}. EDP's README reports a 25-fold training speed-up (5 days of "
