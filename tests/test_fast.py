@@ -352,6 +352,30 @@ def test_value_checks_run_eagerly_and_are_skipped_when_unchecked() -> None:
         ddpm.noise(x, torch.zeros(2, 4), sched, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_finite_flag_is_exactly_isfinite_all(dtype: torch.dtype) -> None:
+    """The one-reduction test (fast._checks.finite_flag) against torch.isfinite(x).all() at the cases a sum
+    could get wrong: a single NaN or inf among finite values, +inf and -inf together (their sum is NaN, still
+    caught), and finite values at the dtype's maximum, whose sum in the dtype itself overflows (a naive
+    isfinite(x.sum()) would call them non-finite)."""
+    from diffrl_ref.fast._checks import finite_flag
+
+    big = torch.finfo(dtype).max
+    cases = {"finite": torch.randn(64, 7, generator=torch.Generator().manual_seed(0)).to(dtype),
+             "at max": torch.full((1000,), big, dtype=dtype), "at -max": torch.full((3, 5), -big, dtype=dtype),
+             "empty": torch.zeros(0, 3, dtype=dtype)}
+    for bad in (math.nan, math.inf, -math.inf):
+        x = torch.ones(33, 5, dtype=dtype)
+        x[17, 3] = bad
+        cases[f"one {bad}"] = x
+    both = torch.zeros(8, dtype=dtype)
+    both[2], both[5] = math.inf, -math.inf
+    cases["inf and -inf"] = both
+    for name, x in cases.items():
+        assert bool(finite_flag(x)) == bool(torch.isfinite(x).all()), (name, dtype)
+    assert not bool(torch.isfinite(cases["at max"].sum()))  # the overflow the float64 sum avoids is real
+
+
 def test_sampler_rejects_a_network_that_returns_nan() -> None:
     sched = Schedule.linear(10)
     sampler = ddim.DDIMSampler(sched, [5, 10])

@@ -350,12 +350,53 @@ def test_ablation_decision_table_matches_its_results(tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     decide = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(decide)
-    shutil.copyfile(folder / "results.json", tmp_path / "results.json")
-    decide.main(tmp_path)
+    decide.main(folder, tmp_path)
     assert (tmp_path / "decision.rst").read_text() == (folder / "decision.rst").read_text()
-    entries = json.loads((tmp_path / "decision.json").read_text())
+    entries = json.loads((tmp_path / "decision.json").read_text())["groups"]
     default = next(e for e in entries if e["label"] == decide.DEFAULT)
     for e in entries:
         if "vs_default" in e:  # the table's difference is the difference of the two groups' means
             assert e["vs_default"]["difference"] == pytest.approx(e["mean"] - default["mean"])
             assert e["vs_default"]["low"] <= e["vs_default"]["difference"] <= e["vs_default"]["high"]
+
+
+def test_ablation_rule_picks_by_mean_breaks_ties_towards_the_official_code(tmp_path: Path) -> None:
+    """decide.pick on made-up groups: a feature_steps = 4 group is no candidate unless feature-steps-4 alone is
+    ahead; the highest mean wins unless a candidate level with it makes more official choices; nothing is
+    picked before every group has run."""
+    import importlib.util
+
+    folder = DOCS / "rl" / "2026-12-06-ablation"
+    spec = importlib.util.spec_from_file_location("ablation_decide", folder / "decide.py")
+    assert spec is not None and spec.loader is not None
+    decide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decide)
+    base = {"feature_amplitude": "sqrt(2/D)", "rff_init": "gaussian", "activation": "relu", "actor_init": "default",
+            "noise_scale": 1.0, "weighting": "beta", "feature_steps": 1, "critic_head": "elu", "alpha_init": 0.1,
+            "target_every": 2}
+    groups = {decide.DEFAULT: ({}, [100.0, 101.0, 102.0]), decide.SAC: (None, [300.0, 301.0, 302.0]),
+              "Diff-SR (ours): high": ({"target_every": 1}, [250.0, 260.0, 270.0]),
+              "Diff-SR (ours): level": ({"activation": "elu", "actor_init": "orthogonal"}, [240.0, 255.0, 275.0]),
+              "Diff-SR (ours): lower": ({"feature_amplitude": "1", "activation": "elu", "actor_init": "orthogonal"},
+                                        [200.0, 201.0, 202.0]),
+              "Diff-SR (ours): official": ({"feature_amplitude": "1", "feature_steps": 4}, [900.0, 901.0, 902.0]),
+              decide.FS4: ({"feature_steps": 4}, [99.0, 101.0, 103.0])}
+    rows = []
+    for label, (hp, values) in groups.items():
+        run = f"runs/{len(rows)}/seed0"
+        if hp is not None:
+            (tmp_path / run).mkdir(parents=True)
+            (tmp_path / run / "config.json").write_text(json.dumps({"resolved": base | hp}))
+        rows.append({"label": label, "runs": [run], "at": {"50000": {"values": values, "n": 3}}})
+    entries = decide.decide(rows)
+    assert decide.pick(entries, rows, tmp_path, len(entries) + 1) is None  # a group still running
+    decision = decide.pick(entries, rows, tmp_path, len(entries))
+    labels = [c["label"] for c in decision["candidates"]]
+    assert "Diff-SR (ours): official" not in labels  # feature-steps-4 alone is level with the default
+    assert decision["picked"] == "Diff-SR (ours): level"  # level with "high", two official choices more
+    assert "more of the official code's choices" in decision["why"]
+    assert decision["vs_sac"]["verdict"] == "behind"
+    rows[-1]["at"]["50000"]["values"] = [150.0, 151.0, 152.0]  # now feature-steps-4 alone is ahead
+    decision = decide.pick(decide.decide(rows), rows, tmp_path, len(entries))
+    assert decision["picked"] == "Diff-SR (ours): official"
+    assert decision["why"] == "the highest mean among the candidates"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import batch, finite, require, require_values, same_shape, scalar
+from ._checks import batch, finite, require, require_finite, require_values, same_shape, scalar
 from .schedule import Schedule, at
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -150,7 +150,7 @@ class DDIMSampler:
             if sig and noises is not None:
                 x = torch.add(x, noises[S - 1 - i], alpha=sig)
         # One check at the end: a non-finite network output anywhere propagates to x.
-        require_values(torch.isfinite(x), cid, "eps_fn returned non-finite values")
+        require_finite(x, cid, "eps_fn returned non-finite values")
         return x
 
 

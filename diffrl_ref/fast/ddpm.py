@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import DomainError, batch, require, require_values, same_shape, unchecked
+from ._checks import DomainError, batch, require, require_finite, require_values, same_shape, unchecked
 from .schedule import Schedule, at
 
 #: eps_fn(x (B, d), k (B,) int64) -> eps_hat (B, d)
@@ -139,7 +139,7 @@ def vlb(x0: Tensor, eps_fn: EpsFn, sched: Schedule, eps: Tensor, variance: str =
     x_k = noise(x0r, eps.reshape(K * B, d), sched, kk)
     e_hat = eps_fn(x_k, kk)
     require(tuple(e_hat.shape) == (K * B, d), cid, f"eps_fn returned shape {tuple(e_hat.shape)}, expected {(K * B, d)}")
-    require_values(torch.isfinite(e_hat), cid, "eps_fn returned non-finite values")
+    require_finite(e_hat, cid, "eps_fn returned non-finite values")
     mu_theta = reverse_mean(x_k, e_hat, sched, kk)
     mu_tilde, beta_tilde = posterior(x0r[B:], x_k[B:], sched, kk[B:])
     kl = _kl(mu_tilde, beta_tilde, mu_theta[B:], _sigma2(variance, sched, kk[B:], cid)).reshape(K - 1, B)
@@ -198,7 +198,7 @@ class AncestralSampler:
             if self.clip is not None:
                 x0_or_mean = torch.add(x0_or_mean.clamp(-self.clip, self.clip) * p, x, alpha=q)
             x = torch.add(x0_or_mean, noises[k - 1], alpha=sigma) if sigma else x0_or_mean
-        require_values(torch.isfinite(x), cid, "eps_fn returned non-finite values")
+        require_finite(x, cid, "eps_fn returned non-finite values")
         return x
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import ddpm, guidance
-from ._checks import batch, finite, integer, require, require_values, same_shape, scalar
+from ._checks import batch, finite, integer, require, require_finite, require_values, same_shape, scalar
 from .schedule import Schedule
 
 #: eps_fn(x (B, ...), k (B,) int64, y (B, dy)) -> eps_hat (B, ...)
@@ -60,7 +60,7 @@ def _conditions(y: Tensor, y_null: Tensor | None, B: int, cid: str) -> tuple[Ten
 def _network(eps_fn: CondEpsFn, x: Tensor, kk: Tensor, y: Tensor, cid: str) -> Tensor:
     out = eps_fn(x, kk, y)
     require(out.shape == x.shape, cid, f"eps_fn must return shape {tuple(x.shape)}, got {tuple(out.shape)}")
-    require_values(torch.isfinite(out), cid, "eps_fn must return finite values")
+    require_finite(out, cid, "eps_fn must return finite values")
     return out
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from . import ddpm
-from ._checks import batch, checking, finite, require, require_values, same_shape, scalar
+from ._checks import batch, checking, finite, finite_flag, require, require_values, same_shape, scalar
 from .schedule import Schedule, at
 from .spectral import discount, vector
 
@@ -85,7 +85,7 @@ def _finite_all(cid: str, tensors: dict[str, Tensor]) -> None:
     """finite() of several tensors with one device-to-host sync when all pass (then each is checked, to name it)."""
     for name, t in tensors.items():
         require(t.is_floating_point(), cid, f"{name} must be a floating tensor, got {t.dtype}")
-    if checking() and not bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+    if checking() and not bool(torch.stack([finite_flag(t) for t in tensors.values()]).all()):
         for name, t in tensors.items():
             finite(t, cid, name)
 

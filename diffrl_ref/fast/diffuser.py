@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import ddpm, guidance
-from ._checks import checking, finite, integer, require, require_values, same_shape, scalar
+from ._checks import checking, finite, finite_flag, integer, require, require_finite, require_values, same_shape, scalar
 from .schedule import Schedule, at
 
 #: eps_fn(tau (B, L, D), k (B,) int64) -> eps_hat (B, L, D)
@@ -87,7 +87,7 @@ def _transition_variance(sched: Schedule, kk: Tensor, variance: str) -> Tensor:
 def _grad(grad_J: GradFn, mu: Tensor, cid: str) -> Tensor:
     g = grad_J(mu)
     require(g.shape == mu.shape, cid, f"grad_J must return shape {tuple(mu.shape)}, got {tuple(g.shape)}")
-    require_values(torch.isfinite(g), cid, "grad_J must return finite values")
+    require_finite(g, cid, "grad_J must return finite values")
     return g
 
 
@@ -166,7 +166,7 @@ class GuidedSampler:
                     x = torch.add(x, g, alpha=self.scale * sigma * sigma)  # guidance.classifier, Sigma_k scalar
                 x = torch.add(x, z[k - 1], alpha=sigma)
             if check:  # one sync at the end; NaN from eps_fn or grad_J reaches x before the overwrite
-                ok = ok & torch.isfinite(x).all()
+                ok = ok & finite_flag(x)
             x = constrain(x)
             if record_chain:
                 chain.append(x)

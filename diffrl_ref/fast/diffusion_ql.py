@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import ddpm
-from ._checks import batch, checking, finite, require, require_values, scalar, unchecked
+from ._checks import batch, checking, finite, finite_flag, require, require_finite, require_values, scalar, unchecked
 from .schedule import Schedule
 
 #: eps_fn(a_k (B, da), k (B,) int64, s (B, ds)) -> eps_hat (B, da): the state-conditioned noise network.
@@ -53,7 +53,7 @@ def _network(eps_fn: StateEpsFn, x: Tensor, k: Tensor, s: Tensor, cid: str) -> T
     """eps_fn(x, k, s), checked: shaped like x and finite."""
     e = eps_fn(x, k, s)
     require(e.shape == x.shape, cid, f"eps_fn returned shape {tuple(e.shape)}, expected {tuple(x.shape)}")
-    require_values(torch.isfinite(e), cid, "eps_fn returned non-finite values")
+    require_finite(e, cid, "eps_fn returned non-finite values")
     return e
 
 
@@ -72,7 +72,7 @@ class Conditioned:
         e = self.eps_fn(x, k, self.s)
         require(e.shape == x.shape, self.cid, f"eps_fn returned shape {tuple(e.shape)}, expected {tuple(x.shape)}")
         if self.record:
-            ok = torch.isfinite(e).all()
+            ok = finite_flag(e)
             self.finite = ok if self.finite is None else self.finite & ok
         return e
 
@@ -180,7 +180,7 @@ def q_loss_grad(q: Tensor, q_norm: Tensor, eta: float = 1.0) -> tuple[Tensor, Te
 def _critic(q_fn: QFn, s: Tensor, a: Tensor, name: str, cid: str) -> Tensor:
     q = q_fn(s, a)
     require(tuple(q.shape) == (a.shape[0],), cid, f"{name} returned shape {tuple(q.shape)}, expected ({a.shape[0]},)")
-    require_values(torch.isfinite(q), cid, f"{name} returned non-finite values")
+    require_finite(q, cid, f"{name} returned non-finite values")
     return q
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import ddpm, qmix
-from ._checks import DomainError, batch, finite, require, require_values, scalar
+from ._checks import DomainError, batch, finite, require, require_finite, require_values, scalar
 from .schedule import Schedule
 
 #: An agent's noise network: eps_fn(x_i (B, d), k (B,) int64) -> (B, d).
@@ -132,7 +132,7 @@ def _loss(x0_tot: Tensor, k: int | Tensor, eps: Tensor, eps_fns: Sequence[Callab
     eps_tot = factorise(e, w)                                          # eps_tot = f(eps_1..eps_N)
     x_tot_k = ddpm.noise(x0_tot, eps_tot, sched, kk)                   # sqrt(ab_k) x^0 + sqrt(1 - ab_k) eps_tot
     eps_hat_tot = joint_eps(eps_fns, x_tot_k, kk, w, cid, *cond)       # f(eps_theta_i(f^{-1}(x_tot^k)_i, k))
-    require_values(torch.isfinite(eps_hat_tot), cid, "eps_fns returned non-finite values")
+    require_finite(eps_hat_tot, cid, "eps_fns returned non-finite values")
     return ddpm.simple_loss(eps_tot, eps_hat_tot, sched, kk)
 
 
@@ -179,7 +179,7 @@ def decentralised_sample(x_K: Tensor, eps_fns: Sequence[AgentEpsFn], sched: Sche
             eps_hat = _call(eps_fns[i], x[i], steps[k], i, cid)
             x[i] = torch.addcmul(ddpm.reverse_mean(x[i], eps_hat, sched, steps[k]), sigma[k], z[k - 1, :, i])
     out = torch.stack(x, 1)
-    require_values(torch.isfinite(out), cid, "eps_fns returned non-finite values")
+    require_finite(out, cid, "eps_fns returned non-finite values")
     return out
 
 
@@ -204,7 +204,7 @@ def igd(x_tot_K: Tensor, eps_fns: Sequence[AgentEpsFn], sched: Schedule, z_tot: 
     for k in range(K, 0, -1):
         eps_hat_tot = joint_eps(eps_fns, x, steps[k], w, cid)
         x = torch.addcmul(ddpm.reverse_mean(x, eps_hat_tot, sched, steps[k]), sigma[k], z_tot[k - 1])
-    require_values(torch.isfinite(x), cid, "eps_fns returned non-finite values")
+    require_finite(x, cid, "eps_fns returned non-finite values")
     return x
 
 

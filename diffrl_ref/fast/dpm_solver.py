@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import DomainError, batch, require, require_values, same_shape, scalar
+from ._checks import DomainError, batch, require, require_finite, same_shape, scalar
 from .ddim import tau_steps
 from .schedule import Schedule
 
@@ -42,7 +42,7 @@ def _levels(ab_s: float, ab_t: float, cid: str) -> tuple[float, float]:
 def _eval(eps_fn: Callable[[Tensor, float], Tensor], x: Tensor, level: float, cid: str) -> Tensor:
     e = eps_fn(x, level)
     same_shape(cid, x=x, eps=e)
-    require_values(torch.isfinite(e), cid, "eps_fn(x, alpha_bar) must be finite")
+    require_finite(e, cid, "eps_fn(x, alpha_bar) must be finite")
     return e
 
 
@@ -165,5 +165,5 @@ class DPMSolverSampler:
         batch(x_K, cid, "x_K")
         B = x_K.shape[0]
         x = self.solver(x_K, lambda x, i: eps_fn(x, self.k_tensors[i].expand(B)))
-        require_values(torch.isfinite(x), cid, "eps_fn returned non-finite values")
+        require_finite(x, cid, "eps_fn returned non-finite values")
         return x

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import ddpm
-from ._checks import batch, finite, require, require_values, same_shape, scalar, unchecked
+from ._checks import batch, finite, require, require_finite, require_values, same_shape, scalar, unchecked
 from .diffusion_ql import StateEpsFn, noise_prediction, positive
 from .schedule import Schedule
 from .spectral import discount, vector
@@ -80,7 +80,7 @@ def weights(q: Tensor, v: Tensor, kind: str, temperature: float, w_max: float | 
     x = adv * t if kind == "iql" else adv / t
     # exp only below the clip: a clipped weight is w_max exactly and never overflows.
     w = torch.exp(x.clamp(max=math.log(cap) + 1.0)).clamp(max=cap)
-    require_values(torch.isfinite(w), cid, "exp(A / T) overflows: give a finite w_max or a larger temperature")
+    require_finite(w, cid, "exp(A / T) overflows: give a finite w_max or a larger temperature")
     return w
 
 
