@@ -456,6 +456,24 @@ def test_training_refuses_a_production_path_that_fails_a_clause(tmp_path: Path, 
     assert not (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
 
 
+def test_a_run_is_not_resumed_under_changed_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Defaults that change between a run's start and its resume (as the ablation changed Diff-SR's) would load
+    its state into an agent with other settings and go on silently: the resume is refused with one line, exit 2,
+    and the folder is left as it was. Simulated by editing the resolved settings the run recorded."""
+    out = tmp_path / "run"
+    assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 300)) == 0
+    conf = json.loads((out / "config.json").read_text())
+    conf["resolved"]["target_every"] = 7
+    (out / "config.json").write_text(json.dumps(conf, indent=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 450)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was started with target_every=7, the defaults now give" in err[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert cli.main(_args("diffsr", "InvertedPendulum-v5", out, 300)) == 0  # finished at its steps: nothing trains
+
+
 def test_a_resumed_run_is_checked_again_only_on_another_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     calls: list[str] = []

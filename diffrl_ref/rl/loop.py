@@ -206,6 +206,25 @@ def prepare(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
     return ck
 
 
+def same_settings(out: Path, agent_cfg: Any, steps: int) -> None:
+    """Refuse to resume a run whose hyperparameters would now resolve differently (the defaults changed since it
+    started): its state would load into an agent built with other settings (an activation, a target period)
+    and go on silently. A finished run asked for its own steps is left alone (nothing trains)."""
+    done = out / "done.json"
+    if done.exists() and json.loads(done.read_text()).get("steps") == steps:
+        return
+    old = json.loads((out / "config.json").read_text()).get("resolved") if (out / "config.json").exists() else None
+    if old is None:  # folders written before config.json recorded the resolved settings
+        return
+    now = json.loads(json.dumps(dataclasses.asdict(agent_cfg)))
+    changed = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+    if changed:
+        k = changed[0]
+        raise RunError(f"{out} was started with {k}={old.get(k)!r}, the defaults now give {now.get(k)!r}"
+                       + (f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else "")
+                       + "; finish it with the diffrl-ref version it started with, or use another --out")
+
+
 class DeferredInterrupt:
     """Inside the block, Ctrl-C (SIGINT) only sets ``requested``, which the loop reads between steps.
 
@@ -249,6 +268,8 @@ def train(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     if cfg.algo in OFFLINE:
         agent_cfg = agent_cfg.for_dataset(cfg.dataset, set(cfg.hp))
     ck = prepare(cfg, out)
+    if ck is not None:
+        same_settings(out, agent_cfg, cfg.steps)
     lock = open(out / ".lock", "a")  # noqa: SIM115 - held until this function returns
     try:  # two processes writing one folder (a sweep rerun while an old worker lives) would corrupt it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
