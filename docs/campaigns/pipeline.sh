@@ -1,0 +1,39 @@
+#!/bin/bash
+# The open issues' campaigns in the order they need each other, resumable: the Diff-SR ablation (issue 17), the
+# 200k-step campaign (issue 18), the offline datasets made from its SAC runs, the offline results (issue 19) and the
+# multi-agent results (issue 20). A session's commands are killed when it ends, so start this at the beginning of
+# every session (repository root, the project's venv active) and leave it in the background:
+#   setsid nohup bash docs/campaigns/pipeline.sh > runs/pipeline.log 2>&1 < /dev/null &
+# Rerunning goes on where the last one stopped: a finished sweep returns at once (its cells are done), an
+# unfinished one resumes its runs from their checkpoints. Each stage restores its batch's archived runs into
+# the sweep folder when the folder is missing (a new machine: finished cells are then skipped, unfinished ones
+# start over, since checkpoints are not archived), commits each run as it finishes (archive_loop.sh), and
+# archives once more at its end. A stage whose sweep fails stops the pipeline (the log names the cells).
+# The offline baselines need d3rlpy's environment: .tox/d3rlpy in the checkout, or DIFFRL_D3RLPY_PYTHON.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+stage() {  # GRID SWEEP_DIR BATCH_DIR
+  local grid=$1 out=$2 batch=$3 loop rc
+  if [ ! -d "$out" ] && [ -d "$batch/runs" ]; then
+    mkdir -p "$out" && cp -r "$batch/runs/." "$out/"
+  fi
+  echo "pipeline: $(date -u '+%F %T') UTC: $grid -> $out"
+  bash docs/campaigns/archive_loop.sh "$out" "$batch" &
+  loop=$!
+  diffrl sweep "$grid" --out "$out" --runs-at-once 2
+  rc=$?
+  kill "$loop" 2> /dev/null
+  if bash "$batch/plot.sh" "$out" > /dev/null 2>&1; then
+    git add "$batch" && git commit -q -m "$(basename "$batch") batch: logs archived at the end of its sweep" \
+      -- "$batch" > /dev/null 2>&1
+  fi
+  return $rc
+}
+
+stage docs/rl/2026-12-06-ablation/grid.yaml runs/ablation docs/rl/2026-12-06-ablation || exit 1
+stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k || exit 1
+python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets || exit 1
+stage docs/offline/results/grid.yaml runs/offline docs/offline/results || exit 1
+stage docs/marl/results/grid.yaml runs/marl docs/marl/results || exit 1
+echo "pipeline: $(date -u '+%F %T') UTC: every stage finished"
