@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=_positive, default=1, help="torch CPU threads per run (default: 1)")
     w.add_argument("--skip-conformance", action="store_true",
                    help="train without first checking the agents' clauses (recorded in each config.json)")
+    w.add_argument("--groups", nargs="+", metavar="NAME", help="only the cells of these groups")
+    w.add_argument("--envs", nargs="+", metavar="ENV", help="only the cells of these environments or datasets")
+    w.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only the cells of these seeds")
 
     ds = sub.add_parser("dataset", help="offline datasets made here with D4RL's recipe, in Minari's format")
     dsub = ds.add_subparsers(dest="action", required=True)
@@ -449,7 +452,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = Path(args.grid)
     try:
         return sweep.main(grid, Path(args.out), args.runs_at_once, args.address, args.threads,
-                          skip_conformance=args.skip_conformance)
+                          skip_conformance=args.skip_conformance, groups=args.groups, envs_=args.envs,
+                          seeds=args.seeds)
     except sweep.SweepError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:

@@ -51,6 +51,28 @@ def test_grid_cells_and_their_folders(tmp_path: Path) -> None:
     assert cells[3].folder(tmp_path) == tmp_path / "InvertedPendulum-v5" / "small-target-every-1" / "seed1"
 
 
+def test_selected_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--groups/--envs/--seeds keep the matching cells, in grid order; a value the grid lacks exits 2, one line,
+    before anything is created (the campaign's SAC seed-0 runs on three tasks come first: pipeline.sh)."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    cells = sweep.load_grid(grid)
+    assert sweep.select(cells) == cells
+    assert [(c.group, c.seed) for c in sweep.select(cells, seeds=[1])] == [("small", 1), ("small-target-every-1", 1)]
+    assert [(c.group, c.seed) for c in sweep.select(cells, ["small-target-every-1"], ["InvertedPendulum-v5"],
+                                                    [0])] == [("small-target-every-1", 0)]
+    for flag, value, needle in (("--groups", "sac", "no group sac"), ("--envs", "Hopper-v5", "no env or dataset"),
+                                ("--seeds", "7", "no seed 7")):
+        assert cli.main(["sweep", str(grid), "--out", str(tmp_path / "out"), flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+        assert not (tmp_path / "out").exists()
+    campaign = sweep.load_grid(Path(__file__).resolve().parent.parent / "docs" / "rl" / "campaign-200k" / "grid.yaml")
+    first = sweep.select(campaign, ["sac"], ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"], [0])
+    assert [(c.algo, c.env, c.seed) for c in first] == [("sac", e, 0) for e in ("HalfCheetah-v5", "Hopper-v5",
+                                                                               "Walker2d-v5")]
+
+
 @pytest.mark.parametrize("text,needle", [
     ("steps: 0\nseeds: [0]\nenvs: [Hopper-v5]\ngroups: [{algo: sac}]", "steps must be an integer >= 1"),
     ("steps: 10\nseeds: [0, 0]\nenvs: [Hopper-v5]\ngroups: [{algo: sac}]", "seeds must be a list of distinct"),

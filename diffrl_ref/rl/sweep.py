@@ -27,6 +27,8 @@ folder would. Rerunning the sweep skips finished cells (their ``done.json``) and
 their checkpoints; a cell that fails is reported and retried once while the others go on. Without
 ``--address`` a local Ray instance with ``--runs-at-once`` CPUs is started, each run using
 ``--threads`` torch threads; with it, the cells go to that Ray cluster, whose workers must see ``DIR``.
+``--groups``, ``--envs`` and ``--seeds`` run only the matching cells (a campaign's first runs, which another
+stage waits for); the others are left as they are.
 """
 
 from __future__ import annotations
@@ -255,14 +257,33 @@ def _run_baseline(c: Cell, folder: Path, threads: int) -> dict[str, Any]:
     return {"ok": True, "summary": json.loads((folder / "done.json").read_text())}
 
 
+def select(cells: list[Cell], groups: list[str] | None = None, envs_: list[str] | None = None,
+           seeds: list[int] | None = None) -> list[Cell]:
+    """The cells of the named groups, environments (or datasets) and seeds; None keeps every value. A value
+    the grid does not have is an error, so that a typo does not run nothing in silence."""
+    for what, wanted, have in (("group", groups, {c.group for c in cells}),
+                               ("env or dataset", envs_, {c.dataset or c.env for c in cells}),
+                               ("seed", seeds, {c.seed for c in cells})):
+        missing = [str(w) for w in wanted or [] if w not in have]
+        if missing:
+            raise SweepError(f"grid has no {what} {', '.join(missing)} (it has {', '.join(sorted(map(str, have)))})")
+    return [c for c in cells if (groups is None or c.group in groups)
+            and (envs_ is None or (c.dataset or c.env) in envs_) and (seeds is None or c.seed in seeds)]
+
+
 def main(grid_path: Path, out: Path, runs_at_once: int | None, address: str | None, threads: int,
-         retries: int = 1, skip_conformance: bool = False) -> int:
-    """Run the grid; returns the exit status (0 all cells done, 1 some failed after their retries)."""
+         retries: int = 1, skip_conformance: bool = False, groups: list[str] | None = None,
+         envs_: list[str] | None = None, seeds: list[int] | None = None) -> int:
+    """Run the grid (or the cells ``select`` keeps); returns the exit status (0 all cells done, 1 some failed
+    after their retries)."""
     try:
         import ray
     except ImportError:
         raise SweepError("diffrl sweep needs Ray: pip install 'diffrl-ref[sweep]'") from None
-    cells = load_grid(grid_path)
+    every = load_grid(grid_path)
+    cells = select(every, groups, envs_, seeds)
+    if len(cells) < len(every):
+        print(f"sweep: {len(cells)} of the grid's {len(every)} cells selected", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.yaml").write_text(grid_path.read_text())
     todo = [c for c in cells if not is_done(c, out)]

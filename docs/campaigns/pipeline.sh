@@ -1,7 +1,9 @@
 #!/bin/bash
-# The open issues' campaigns in the order they need each other, resumable: the Diff-SR ablation (issue 17), the
-# 200k-step campaign (issue 18), the offline datasets made from its SAC runs, the offline results (issue 19) and the
-# multi-agent results (issue 20). A session's commands are killed when it ends, so start this at the beginning of
+# The open issues' campaigns in the order they need each other, resumable: the Diff-SR ablation (issue 17); the
+# 200k-step campaign's SAC seed-0 runs on HalfCheetah, Hopper and Walker2d, the behaviour policies of the
+# offline datasets, which are then made beside the rest of the campaign (issue 18), so that they are made and
+# checked early, not after the whole campaign; the offline results (issue 19); the multi-agent results (issue
+# 20). A session's commands are killed when it ends, so start this at the beginning of
 # every session (repository root, the project's venv active) and leave it in the background:
 #   setsid nohup bash docs/campaigns/pipeline.sh > runs/pipeline.log 2>&1 < /dev/null &
 # Rerunning goes on where the last one stopped: a finished sweep returns at once (its cells are done), an
@@ -13,15 +15,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-stage() {  # GRID SWEEP_DIR BATCH_DIR
+stage() {  # GRID SWEEP_DIR BATCH_DIR [diffrl sweep's cell filters]
   local grid=$1 out=$2 batch=$3 loop rc
+  shift 3
   if [ ! -d "$out" ] && [ -d "$batch/runs" ]; then
     mkdir -p "$out" && cp -r "$batch/runs/." "$out/"
   fi
-  echo "pipeline: $(date -u '+%F %T') UTC: $grid -> $out"
+  echo "pipeline: $(date -u '+%F %T') UTC: $grid -> $out $*"
   bash docs/campaigns/archive_loop.sh "$out" "$batch" &
   loop=$!
-  diffrl sweep "$grid" --out "$out" --runs-at-once 2
+  diffrl sweep "$grid" --out "$out" --runs-at-once 2 "$@"
   rc=$?
   kill "$loop" 2> /dev/null
   if bash "$batch/plot.sh" "$out" > /dev/null 2>&1; then
@@ -32,8 +35,13 @@ stage() {  # GRID SWEEP_DIR BATCH_DIR
 }
 
 stage docs/rl/2026-12-06-ablation/grid.yaml runs/ablation docs/rl/2026-12-06-ablation || exit 1
+stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k \
+  --groups sac --envs HalfCheetah-v5 Hopper-v5 Walker2d-v5 --seeds 0 || exit 1
+# the datasets are made (one process, about an hour or two) beside the rest of the campaign: no core idles
+python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets > runs/datasets.log 2>&1 &
+made=$!
 stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k || exit 1
-python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets || exit 1
+wait "$made" || { echo "pipeline: make_datasets.py failed (runs/datasets.log)"; exit 1; }
 stage docs/offline/results/grid.yaml runs/offline docs/offline/results || exit 1
 stage docs/marl/results/grid.yaml runs/marl docs/marl/results || exit 1
 echo "pipeline: $(date -u '+%F %T') UTC: every stage finished"
