@@ -381,7 +381,7 @@ def test_ablation_rule_picks_by_mean_breaks_ties_towards_the_official_code(tmp_p
                                         [200.0, 201.0, 202.0]),
               "Diff-SR (ours): official": ({"feature_amplitude": "1", "feature_steps": 4}, [900.0, 901.0, 902.0]),
               decide.FS4: ({"feature_steps": 4}, [99.0, 101.0, 103.0])}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, (hp, values) in groups.items():
         run = f"runs/{len(rows)}/seed0"
         if hp is not None:
