@@ -225,7 +225,19 @@ def test_policy_snapshots_are_behaviour_policies(sac_run: Path, tmp_path: Path,
     assert len(err.splitlines()) == 1 and "a policy snapshot has no replay buffer" in err
     report.archive([report.load_run(sac_run)], tmp_path / "arch")
     kept = tmp_path / "arch" / report.archived(report.load_run(sac_run)) / "policies"
+    assert sorted(p.name for p in kept.iterdir()) == ["step400.pt"]  # the last; none at a multiple of 50k
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "SNAPSHOT_ARCHIVE_EVERY", 200)
+        report.archive([report.load_run(sac_run)], tmp_path / "arch")
     assert sorted(p.name for p in kept.iterdir()) == ["step200.pt", "step400.pt"]
+    with pytest.MonkeyPatch.context() as mp:  # as if the run were still at step 200: its last one then
+        mp.setattr(loop, "SNAPSHOT_ARCHIVE_EVERY", 300)
+        (sac_run / "policies" / "step400.pt").rename(tmp_path / "step400.pt")
+        try:
+            report.archive([report.load_run(sac_run)], tmp_path / "arch")
+        finally:
+            (tmp_path / "step400.pt").rename(sac_run / "policies" / "step400.pt")
+    assert sorted(p.name for p in kept.iterdir()) == ["step200.pt"]  # the stale "last" one is gone
 
 
 def test_a_run_folder_without_checkpoint_gives_its_last_snapshot(sac_run: Path, tmp_path: Path) -> None:
@@ -392,6 +404,9 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     assert expert["transitions"] == 300 and replay["transitions"] == 200  # the buffer's first 200 rows
     assert replay["ref_max_score"] == expert["ref_max_score"] and replay["ref_min_score"] == expert["ref_min_score"]
     assert expert["policies"][0]["step"] == 400
+    for kind, step in (("medium", 200), ("expert", 400)):  # the picked actors kept beside made.json
+        assert pick[f"{kind}_kept"] == f"policies/Hopper-v5/step{step}.pt"
+        assert (tmp_path / pick[f"{kind}_kept"]).read_bytes() == (run / "policies" / f"step{step}.pt").read_bytes()
     before = (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns
     script.main(argv)  # everything exists: kept, not remade
     assert (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns == before

@@ -58,8 +58,12 @@ DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac
 
 
 #: Agents with ``actor_state`` (SAC) keep their actor every SNAPSHOT_EVERY steps and at the end, in
-#: policies/stepT.pt: the behaviour policies of the offline datasets (docs/offline.rst).
-SNAPSHOT_EVERY = 50_000
+#: policies/stepT.pt: the behaviour policies of the offline datasets (docs/offline.rst). Every 10k, so that a
+#: medium policy can be picked near a third of the expert's return (at 50k, SAC is often past half of it); the
+#: archive of a run's logs keeps those of every SNAPSHOT_ARCHIVE_EVERY steps and the last (diffrl plot), and the
+#: datasets' script keeps the two it picks (docs/offline/results/make_datasets.py).
+SNAPSHOT_EVERY = 10_000
+SNAPSHOT_ARCHIVE_EVERY = 50_000
 
 
 class RunError(ValueError):

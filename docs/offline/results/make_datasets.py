@@ -14,13 +14,15 @@ so all of a task's datasets share one normalised scale. The Multi-Agent MuJoCo d
 on the partitions' single-agent tasks. Every dataset is made with ``diffrl dataset make`` at ``--size``
 (D4RL's 1M by default), seed 0; a dataset that exists already is kept (rerunning goes on where it stopped).
 Writes ``made.json`` to ``--record`` (default: this folder): the policies picked, their returns and the
-datasets made.
+datasets made; the two picked actors of each task are copied to ``--record``/policies/TASK/ (the run's archive
+keeps only every 50k steps' snapshot and the last, the medium one is usually between).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,13 @@ def main(argv: list[str] | None = None) -> None:
             continue
         run = Path(args.runs) / task / "sac" / "seed0"
         pick: dict[str, Any] = datasets.behaviour_policies(run)
+        # the two picked actors are kept beside made.json (a few hundred kB each; the run's archive keeps only
+        # every 50k and the last), so the medium and expert sets can be remade from the repository
+        kept = Path(args.record) / "policies" / task
+        kept.mkdir(parents=True, exist_ok=True)
+        for kind in ("medium", "expert"):
+            shutil.copyfile(pick[kind], kept / Path(pick[kind]).name)
+            pick[f"{kind}_kept"] = str((kept / Path(pick[kind]).name).relative_to(Path(args.record)))
         record["policies"][task] = pick
         print(f"make_datasets: {task}: expert step {pick['expert_step']:,} (return {pick['expert_return']:.1f}), "
               f"medium step {pick['medium_step']:,} (return {pick['medium_return']:.1f}, "
