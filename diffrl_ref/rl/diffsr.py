@@ -47,11 +47,11 @@ class DiffSRConfig:
     rff_dim: int = 256
     rff_bandwidth: float = 16.0
     rff_init: str = "gaussian"
-    feature_amplitude: str = "sqrt(2/D)"
+    feature_amplitude: str = "1"
     hidden: int = 256
     critic_head: str = "elu"
-    activation: str = "relu"
-    actor_init: str = "default"
+    activation: str = "elu"
+    actor_init: str = "orthogonal"
     levels: int = 1000
     level_a: float = 0.3
     level_b: float = 0.1
@@ -63,7 +63,7 @@ class DiffSRConfig:
     batch_size: int = 256
     gamma: float = 0.99
     tau: float = 0.005
-    target_every: int = 2
+    target_every: int = 1
     alpha_init: float = 0.1
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -109,15 +109,16 @@ HYPERPARAMETERS: dict[str, str] = {
     "rff_init": "ours: omega ~ N(0, I / h^2), b ~ U[0, 2 pi), the random Fourier features of the Gaussian kernel "
                 "(Rahimi and Recht, 2007), the deck's phi_omega; 'linear' is the official code's nn.Linear default "
                 "(omega and b ~ U(-1/sqrt(m), 1/sqrt(m)), sin = cos shifted by -pi/2)",
-    "feature_amplitude": "ours: A = sqrt(2/D), the random-feature normalisation of the deck's phi_omega (so that "
-                         "z^T z approximates the kernel); the official critic uses sin of a linear map, A = 1",
+    "feature_amplitude": "official code (RFFCritic: sin of a linear map, A = 1), picked by the Diff-SR ablation "
+                         "(docs/rl.rst, group combined); 'sqrt(2/D)' is the random-feature normalisation of the "
+                         "deck's phi_omega (so that z^T z approximates the kernel)",
     "hidden": "official code (critic and actor hidden_dim=256)",
     "critic_head": "official code (RFFCritic: one ELU layer of hidden_dim, then a linear output); 'linear' is the "
                    "deck's Q linear in the features (clause diffsr.critic)",
-    "activation": "ours: ReLU in psi and the actor (stable-baselines3's SAC actor); the official Phi and actor use "
-                  "ELU (utils.util.mlp); 'elu' restores it",
-    "actor_init": "ours: PyTorch's default initialisation; the official actor is initialised orthogonally with zero "
-                  "biases (utils.util.weight_init); 'orthogonal' restores it",
+    "activation": "official code (ELU in Phi and the actor, utils.util.mlp), picked by the Diff-SR ablation "
+                  "(docs/rl.rst, group combined); 'relu' is stable-baselines3's SAC actor's",
+    "actor_init": "official code (orthogonal weights, zero biases: utils.util.weight_init), picked by the Diff-SR "
+                  "ablation (docs/rl.rst, group combined); 'default' is PyTorch's initialisation",
     "noise_scale": "Algorithm 1 and the spec (eps ~ N(0, I)); the official code scales eps by "
                    "sigma_scale_factor=0.449",
     "levels": "official code (num_noises=1000)",
@@ -133,7 +134,8 @@ HYPERPARAMETERS: dict[str, str] = {
     "batch_size": "official code (main.py batch_size=256)",
     "gamma": "official code (discount=0.99)",
     "tau": "official code (tau=0.005)",
-    "target_every": "official code (target_update_period=2)",
+    "target_every": "ours, as the SAC baseline (stable-baselines3: every update), picked by the Diff-SR ablation "
+                    "(docs/rl.rst, group combined); the official code updates every 2 (target_update_period=2)",
     "alpha_init": "official code (alpha=0.1, auto_entropy_tuning=True, target entropy -|A|)",
     "log_std_min": "official code (DiagGaussianActor log_std_bounds=[-5, 2])",
     "log_std_max": "official code (log_std_bounds)",
