@@ -164,8 +164,8 @@ def test_critic_is_the_clause_and_its_options() -> None:
     ag = _agent()
     psi = torch.randn(8, 16)
     c = ag.critic
-    expected = F.critic(psi, c.omegas, c.phases, math.sqrt(2 / 16), c.hidden_w, c.hidden_b, c.out_w, c.out_b)
-    assert torch.equal(c(psi), expected)
+    expected = F.critic(psi, c.omegas, c.phases, 1.0, c.hidden_w, c.hidden_b, c.out_w, c.out_b)
+    assert torch.equal(c(psi), expected)  # the default amplitude A = 1 (the ablation's pick, the official one)
     assert c.hidden_w is not None and c.hidden_w.shape == (2, 16, 16)
     assert c.omegas.shape == (2, 16, 16) and c.out_w.shape == (2, 16)
     torch.manual_seed(0)
@@ -175,7 +175,7 @@ def test_critic_is_the_clause_and_its_options() -> None:
     assert off.critic.amplitude == 1.0
     torch.manual_seed(0)
     lin = DiffSRAgent(4, 2, DiffSRConfig(feature_dim=16, psi_hidden=16, nu_hidden=16, rff_dim=16, hidden=16,
-                                         levels=20, critic_head="linear")).critic
+                                         levels=20, critic_head="linear", feature_amplitude="sqrt(2/D)")).critic
     assert lin.hidden_w is None and lin.out_w.shape == (2, 16)  # the deck's Q = w^T z + d
     z = math.sqrt(2 / 16) * torch.cos(torch.einsum("ndm,bm->nbd", lin.omegas, psi) + lin.phases[:, None, :])
     torch.testing.assert_close(lin(psi), torch.einsum("nbd,nd->nb", z, lin.out_w) + lin.out_b[:, None])
@@ -188,6 +188,11 @@ def test_critic_is_the_clause_and_its_options() -> None:
     w = linears[1].weight.detach()  # the square hidden layer: orthogonal
     torch.testing.assert_close(w @ w.T, torch.eye(16), rtol=0.0, atol=16 * torch.finfo(torch.float32).eps)
     assert all(float(m.bias.abs().max()) == 0.0 for m in linears)
+    relu = DiffSRAgent(4, 2, DiffSRConfig(feature_dim=16, psi_hidden=16, nu_hidden=16, rff_dim=16, hidden=16,
+                                          levels=20, activation="relu", actor_init="default"))
+    for net in (relu.psi, relu.actor):
+        kinds = {type(m) for m in net.modules()}
+        assert torch.nn.ReLU in kinds and torch.nn.ELU not in kinds
 
 
 def test_critic_target_follows_polyak_every_target_every_updates() -> None:
