@@ -210,12 +210,17 @@ def prepare(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
     return ck
 
 
+def finished(out: Path, steps: int) -> bool:
+    """Whether the run in ``out`` has finished at exactly ``steps`` (its done.json says so)."""
+    done = out / "done.json"
+    return done.exists() and json.loads(done.read_text()).get("steps") == steps
+
+
 def same_settings(out: Path, agent_cfg: Any, steps: int) -> None:
     """Refuse to resume a run whose hyperparameters would now resolve differently (the defaults changed since it
     started): its state would load into an agent built with other settings (an activation, a target period)
     and go on silently. A finished run asked for its own steps is left alone (nothing trains)."""
-    done = out / "done.json"
-    if done.exists() and json.loads(done.read_text()).get("steps") == steps:
+    if finished(out, steps):
         return
     old = json.loads((out / "config.json").read_text()).get("resolved") if (out / "config.json").exists() else None
     if old is None:  # folders written before config.json recorded the resolved settings
@@ -298,7 +303,7 @@ def _train(cfg: RunConfig, out: Path, progress: bool, agent_cfg: Any, ck: dict[s
     if ck is not None and ck["state"]["t"] > cfg.steps:
         raise RunError(f"{out} is checkpointed at step {ck['state']['t']}, beyond --steps {cfg.steps}")
     done_path = out / "done.json"
-    if done_path.exists() and json.loads(done_path.read_text()).get("steps") == cfg.steps:
+    if finished(out, cfg.steps):
         summary: dict[str, Any] = json.loads(done_path.read_text())
         summary["already_done"] = True
         return summary

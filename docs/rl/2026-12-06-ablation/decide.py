@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from diffrl_ref.rl import stats
 
 HERE = Path(__file__).resolve().parent
@@ -128,7 +130,7 @@ def main(folder: Path = HERE, out: Path | None = None) -> None:
     out = folder if out is None else out
     rows = json.loads((folder / "results.json").read_text())
     entries = decide(rows)
-    expected = sum(1 for line in (folder / "grid.yaml").read_text().splitlines() if line.lstrip().startswith("- {"))
+    expected = len(yaml.safe_load((folder / "grid.yaml").read_text())["groups"])
     decision = pick(entries, rows, folder, expected)
     (out / "decision.json").write_text(json.dumps({"groups": entries, "rule": decision}, indent=1) + "\n")
     (out / "decision.rst").write_text(rst(entries) + "\n" + rule_rst(decision))
