@@ -34,7 +34,9 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.mathjax", "sphinx.ext.viewcode",
 mathjax_path = "mathjax/tex-chtml.js"  # relative: under _static/ (what the extension sets, stated here)
 autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
-exclude_patterns = ["_build"]
+# Batch folders (one level down) hold fragments (tables, headers) that a page pulls in with
+# ``.. include::``, not pages of their own; tests/test_docs.py checks that a page includes each one.
+exclude_patterns = ["_build", "rl/*/**", "offline/*/**", "marl/*/**", "bench/**"]
 smartquotes = False  # spec text reads exactly as written: x' is a prime, not a closing quote
 # Furo loads no remote fonts or scripts (docs/check_site.py checks every built page).
 html_theme = "furo"
