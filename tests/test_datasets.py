@@ -366,6 +366,9 @@ def test_behaviour_policies_pick_the_snapshot_nearest_a_third(tmp_path: Path) ->
     for step, ret in ((50_000, 900.0), (100_000, 2100.0), (150_000, 2600.0), (200_000, 6000.0)):
         torch.save({"eval": {"return_mean": ret}}, tmp_path / "policies" / f"step{step}.pt")
     torch.save({"eval": None}, tmp_path / "policies" / "step210000.pt")  # the end of a run off the eval grid
+    # step order is numeric (step50000 sorts after step200000 as text), and a stray file there is no snapshot
+    (tmp_path / "policies" / "step90000 copy.pt").write_bytes(b"not a snapshot")
+    assert [step for step, _ in loop.snapshots(tmp_path)] == [50_000, 100_000, 150_000, 200_000, 210_000]
     got = datasets.behaviour_policies(tmp_path)
     assert (got["expert_step"], got["expert_return"]) == (200_000, 6000.0)
     assert (got["medium_step"], got["medium_return"]) == (100_000, 2100.0)  # |2100 - 2000| < |900 - 2000|

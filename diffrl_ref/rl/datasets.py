@@ -195,8 +195,10 @@ def read_policy(arg: str, role: str, env: str) -> Policy:
     path = Path(arg)
     if path.is_dir():
         # a run that ended mid-episode before its first checkpoint has its final actor as a snapshot only
-        snaps = sorted(path.glob("policies/step*.pt"), key=lambda q: int(q.stem.removeprefix("step")))
-        path = path / "checkpoint.pt" if (path / "checkpoint.pt").is_file() or not snaps else snaps[-1]
+        from .loop import snapshots  # loop imports the agents, which import this module
+
+        snaps = snapshots(path)
+        path = path / "checkpoint.pt" if (path / "checkpoint.pt").is_file() or not snaps else snaps[-1][1]
     if not path.is_file():
         raise DatasetError(f"--policy {arg}: no such checkpoint file or run folder with checkpoint.pt or policies/")
     try:
@@ -222,12 +224,13 @@ def behaviour_policies(run: Path, fraction: float = 1 / 3) -> dict[str, Any]:
     snapshot, and ``medium``, the earlier snapshot whose evaluation return is closest to ``fraction`` of the
     expert's (D4RL: a policy stopped at about a third of the expert's return). Each snapshot's evaluation is the
     one the run made at its step. Returns their paths, steps and returns, and the medium's share of the expert's."""
-    snaps = sorted(Path(run).glob("policies/step*.pt"), key=lambda q: int(q.stem.removeprefix("step")))
+    from .loop import snapshots  # loop imports the agents, which import this module
+
     evals: list[tuple[Path, int, float]] = []
-    for q in snaps:
+    for step, q in snapshots(Path(run)):
         ev = torch.load(q, map_location="cpu", weights_only=False).get("eval") or {}
         if "return_mean" in ev:
-            evals.append((q, int(q.stem.removeprefix("step")), float(ev["return_mean"])))
+            evals.append((q, step, float(ev["return_mean"])))
     if len(evals) < 2:
         raise DatasetError(f"{run}: medium and expert need at least two evaluated policy snapshots, found "
                            f"{len(evals)} (the policies/stepT.pt that diffrl train sac writes)")

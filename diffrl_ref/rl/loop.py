@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import re
 import shutil
 import signal
 import sys
@@ -64,6 +65,12 @@ DOMAINS: dict[str, dict[str, tuple[Any, str]]] = {"diffsr": diffsr.DOMAINS, "sac
 #: datasets' script keeps the two it picks (docs/offline/results/make_datasets.py).
 SNAPSHOT_EVERY = 10_000
 SNAPSHOT_ARCHIVE_EVERY = 50_000
+
+
+def snapshots(run: Path) -> list[tuple[int, Path]]:
+    """A run's actor snapshots, policies/stepT.pt, as (T, path) in step order; other files there are ignored."""
+    found = ((re.fullmatch(r"step(\d+)\.pt", q.name), q) for q in (Path(run) / "policies").glob("step*.pt"))
+    return sorted((int(m.group(1)), q) for m, q in found if m)
 
 
 class RunError(ValueError):

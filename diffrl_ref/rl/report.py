@@ -451,12 +451,10 @@ def archive(runs: list[Run], out: Path) -> None:
                 shutil.copyfile(src, dst / name)
             else:  # e.g. done.json of a run that has since been extended
                 (dst / name).unlink(missing_ok=True)
-        snaps = sorted((run.path / "policies").glob("step*.pt"), key=lambda q: int(q.stem.removeprefix("step")))
+        snaps = loop.snapshots(run.path)
         if snaps:  # SAC's actor snapshots (the offline datasets' behaviour policies): every 50k and the last
-            from .loop import SNAPSHOT_ARCHIVE_EVERY
-
-            keep = [q for q in snaps[:-1] if int(q.stem.removeprefix("step")) % SNAPSHOT_ARCHIVE_EVERY == 0]
-            keep.append(snaps[-1])
+            keep = [q for step, q in snaps[:-1] if step % loop.SNAPSHOT_ARCHIVE_EVERY == 0]
+            keep.append(snaps[-1][1])
             (dst / "policies").mkdir(exist_ok=True)
             for old in (dst / "policies").glob("step*.pt"):  # an in-progress run's earlier "last" one
                 if old.name not in {q.name for q in keep}:
