@@ -156,14 +156,18 @@ def _included(page: Path) -> set[Path]:
     return found
 
 
-def test_every_batch_fragment_is_included_by_a_page() -> None:
-    # conf.py keeps these folders out of Sphinx's document list, so a table a campaign writes there (and
-    # archive_loop.sh commits) would otherwise never reach the site, and nothing would say so.
+def test_every_batch_fragment_and_plot_is_on_a_page() -> None:
+    # conf.py keeps these folders out of Sphinx's document list, so a table or plot a campaign writes there
+    # (and archive_loop.sh commits) would otherwise never reach the site, and nothing would say so.
     docs = ROOT / "docs"
-    included = set().union(*(_included(page) for page in docs.glob("*.rst")),
-                           *(_included(page) for page in docs.glob("clauses/*.rst")))
-    fragments = {p.resolve() for pattern in ("rl/*/**/*", "offline/*/**/*", "marl/*/**/*", "bench/**/*")
-                 for p in docs.glob(pattern) if p.suffix in {".rst", ".inc"} and "runs" not in p.parts}
-    assert len(fragments) >= 10  # the glob found the batches
-    missing = sorted(str(p.relative_to(docs)) for p in fragments - included)
-    assert not missing, f"fragments no page includes: {missing}"
+    pages = [*docs.glob("*.rst"), *docs.glob("clauses/*.rst")]
+    included = set().union(*(_included(page) for page in pages))
+    shown = {(page.parent / target).resolve() for page in [*pages, *included]
+             for target in re.findall(r"^\.\. (?:image|figure):: (\S+)$", page.read_text(), flags=re.M)}
+    batch = [p.resolve() for pattern in ("rl/*/**/*", "offline/*/**/*", "marl/*/**/*", "bench/**/*")
+             for p in docs.glob(pattern) if "runs" not in p.relative_to(docs).parts]
+    fragments = {p for p in batch if p.suffix in {".rst", ".inc"}}
+    plots = {p for p in batch if p.suffix == ".png"}
+    assert len(fragments) >= 10 and len(plots) >= 5  # the globs found the batches
+    missing = sorted(str(p.relative_to(docs)) for p in (fragments - included) | (plots - shown))
+    assert not missing, f"tables or plots no page shows: {missing}"
