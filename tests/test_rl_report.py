@@ -232,6 +232,14 @@ def test_committed_results_match_their_logs(batch: Path, tmp_path: Path) -> None
     assert (tmp_path / "out" / "results.rst").read_text() == rst
     regenerated = json.loads((tmp_path / "out" / "results.json").read_text())
     assert regenerated == json.loads((batch / "results.json").read_text())
+    if (batch / "comparison.json").is_file():  # and its comparison (random returns as measured, not simulated again)
+        c = json.loads((batch / "comparison.json").read_text())
+        again = tmp_path / "again"
+        again.mkdir()
+        shutil.copyfile(batch / "random_returns.json", again / "random_returns.json")
+        report.main(archived_runs(batch / "runs"), again, parse_steps(rst), versus=(c["a"], c["b"]))
+        assert json.loads((again / "comparison.json").read_text()) == c
+        assert (again / "comparison.rst").read_text() == (batch / "comparison.rst").read_text()
 
 
 def test_sweep_variants_are_separate_groups(tmp_path: Path) -> None:
