@@ -413,3 +413,24 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     before = (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns
     script.main(argv)  # everything exists: kept, not remade
     assert (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns == before
+
+    # a machine without the run's checkpoint.pt (not archived): the run is rerun to the medium step, checked
+    # against its archived training episodes, and gives the same medium-replay data
+    (run / "checkpoint.pt").unlink()
+    again = [*argv[:2], "--out", str(tmp_path / "ds2"), *argv[4:], "--scratch", str(tmp_path / "replay")]
+    script.main(again)
+    assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["replay_checkpoint"] == \
+        "rerun, checked"
+    first, second = (datasets.load_transitions("diffrl/hopper/medium-replay-v0", tmp_path / d) for d in ("ds", "ds2"))
+    for name in ("observations", "actions", "rewards", "next_observations", "terminals"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    # a rerun that is not the original (here: one archived episode return changed) makes nothing
+    rows = (run / "episodes.csv").read_text().splitlines()
+    step, episode, ret, *rest = rows[1].split(",")
+    rows[1] = ",".join([step, episode, str(float(ret) + 1.0), *rest])
+    (run / "episodes.csv").write_text("\n".join(rows) + "\n")
+    shutil.rmtree(tmp_path / "ds2" / "diffrl/hopper/medium-replay-v0")
+    shutil.rmtree(tmp_path / "replay")
+    with pytest.raises(SystemExit, match="differs from it at training episode 0"):
+        script.main(again)
+    assert not (tmp_path / "ds2" / "diffrl/hopper/medium-replay-v0").exists()

@@ -4,23 +4,26 @@ How to run (repository root, the project's venv active), once the 200k-step camp
 
     python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets
 
-For each task, the behaviour policies come from SAC seed 0 of the campaign (``RUNS/ENV/sac/seed0``:
-its policy snapshots, archived with the logs, and, for ``medium-replay``, its ``checkpoint.pt`` with the replay
-buffer, which is not archived): ``expert`` is its last snapshot (200k steps), ``medium`` the snapshot whose
-evaluation return is nearest a third of the expert's (:func:`diffrl_ref.rl.datasets.behaviour_policies`), and
-``medium-replay`` the run's buffer up to the medium snapshot's step. The expert dataset is made first; its
-``ref_max_score`` (the expert policy's evaluation) is every other dataset's ``--expert-return`` of that task,
-so all of a task's datasets share one normalised scale. The Multi-Agent MuJoCo datasets use the same policies
-on the partitions' single-agent tasks. Every dataset is made with ``diffrl dataset make`` at ``--size``
-(D4RL's 1M by default), seed 0; a dataset that exists already is kept (rerunning goes on where it stopped).
-Writes ``made.json`` to ``--record`` (default: this folder): the policies picked, their returns and the
-datasets made; the two picked actors of each task are copied to ``--record``/policies/TASK/ (the run's archive
-keeps only every 50k steps' snapshot and the last, the medium one is usually between).
+For each task, the behaviour policies come from SAC seed 0 of the campaign (``RUNS/ENV/sac/seed0``: its policy
+snapshots, archived with the logs, and, for ``medium-replay``, its ``checkpoint.pt`` with the replay buffer, which
+is not archived; on a machine without it, the run is rerun to the medium step, which gives the same buffer on CPU,
+its training episodes checked against the archived ones: :func:`replay_checkpoint`): ``expert`` is its last
+snapshot (200k steps), ``medium`` the snapshot whose evaluation return is nearest a third of the expert's
+(:func:`diffrl_ref.rl.datasets.behaviour_policies`), and ``medium-replay`` the run's buffer up to the medium
+snapshot's step. The expert dataset is made first; its ``ref_max_score`` (the expert policy's evaluation) is every
+other dataset's ``--expert-return`` of that task, so all of a task's datasets share one normalised scale. The
+Multi-Agent MuJoCo datasets use the same policies on the partitions' single-agent tasks. Every dataset is made with
+``diffrl dataset make`` at ``--size`` (D4RL's 1M by default), seed 0; a dataset that exists already is kept
+(rerunning goes on where it stopped). Writes ``made.json`` to ``--record`` (default: this folder): the policies
+picked, their returns and the datasets made; the two picked actors of each task are copied to
+``--record``/policies/TASK/ (the run's archive keeps only every 50k steps' snapshot and the last, the medium one is
+usually between).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -56,6 +59,42 @@ def make(env: str, kind: str, policy: Path, root: Path, size: int | None, expert
     return ds_id
 
 
+def _rows(path: Path, last: int) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= last]
+
+
+def replay_checkpoint(run: Path, step: int, scratch: Path) -> Path:
+    """A checkpoint whose replay buffer holds the run's first ``step`` transitions: the run's own checkpoint.pt,
+    else the run's command rerun (same env, seed, evaluation settings and hyperparameters, one torch thread) to
+    the first episode end at or after ``step``. A CPU run is deterministic, so the rerun's buffer equals the
+    original's; its training episodes (episodes.csv: step, return, length) up to ``step`` must equal the archived
+    run's, or nothing is made."""
+    if (run / "checkpoint.pt").is_file():
+        return run / "checkpoint.pt"
+    ident = json.loads((run / "config.json").read_text())["identity"]
+    out = scratch / f"{ident['env']}-sac-seed{ident['seed']}-to-{step}"
+    # episodes end by the 1,000-step time limit at the latest, so one ends in (step, step + 1000]; the
+    # checkpoint is written at the first episode end at or after --checkpoint-every (diffrl_ref.rl.loop)
+    argv = ["train", "sac", "--env", ident["env"], "--seed", str(ident["seed"]), "--steps", str(step + 1000),
+            "--eval-every", str(ident["eval_every"]), "--eval-episodes", str(ident["eval_episodes"]),
+            "--checkpoint-every", str(step), "--threads", "1", "--out", str(out), "--no-progress",
+            *[a for k, v in sorted(ident["hp"].items()) for a in ("--hp", f"{k}={v}")]]
+    print(f"make_datasets: {run}/checkpoint.pt absent; rerunning: diffrl {' '.join(argv)}", flush=True)
+    if cli.main(argv) != 0:
+        raise SystemExit(f"make_datasets: diffrl {' '.join(argv)} failed")
+    again, archived = _rows(out / "episodes.csv", step), _rows(run / "episodes.csv", step)
+    if again != archived:
+        pairs = enumerate(zip(again, archived, strict=False))
+        first = next((i for i, (a, b) in pairs if a != b), min(len(again), len(archived)))
+        raise SystemExit(f"make_datasets: the rerun of {run} differs from it at training episode {first} "
+                         f"(up to step {step:,}: {len(again)} episodes rerun, {len(archived)} archived); "
+                         "its buffer is not the original's, so no medium-replay dataset is made")
+    print(f"make_datasets: the rerun's {len(again)} training episodes up to step {step:,} equal the archived run's",
+          flush=True)
+    return out / "checkpoint.pt"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--runs", required=True, help="the campaign's sweep folder (RUNS/ENV/sac/seed0)")
@@ -63,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, help="transitions per policy (default: 1M, D4RL's)")
     p.add_argument("--record", default=str(Path(__file__).parent), help="where made.json goes")
     p.add_argument("--tasks", nargs="*", help="only these tasks and partitions (default: all)")
+    p.add_argument("--scratch", default="runs/replay",
+                   help="where a run without checkpoint.pt is rerun for medium-replay (default: runs/replay)")
     args = p.parse_args(argv)
     root = Path(args.out)
     record: dict[str, dict[str, Any]] = {"datasets": {}, "policies": {}}
@@ -88,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         expert_return = None
         for kind in kinds:
             if kind == "medium-replay":  # the run's buffer up to the medium snapshot: its first rows
-                ds_id = make(env, kind, run / "checkpoint.pt", root, pick["medium_step"], expert_return)
+                replay = replay_checkpoint(run, pick["medium_step"], Path(args.scratch))
+                pick["replay_checkpoint"] = "the run's own" if replay == run / "checkpoint.pt" else "rerun, checked"
+                ds_id = make(env, kind, replay, root, pick["medium_step"], expert_return)
             else:
                 ds_id = make(env, kind, Path(pick[kind]), root, args.size, expert_return)
             rec = datasets.record(ds_id, root)
