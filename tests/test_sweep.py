@@ -71,6 +71,10 @@ def test_selected_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     first = sweep.select(campaign, ["sac"], ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"], [0])
     assert [(c.algo, c.env, c.seed) for c in first] == [("sac", e, 0) for e in ("HalfCheetah-v5", "Hopper-v5",
                                                                                "Walker2d-v5")]
+    # the rest run task by task: a campaign cut short has whole comparisons on its first tasks
+    assert [(c.env, c.algo, c.seed) for c in campaign[:8]] == [
+        *[("HalfCheetah-v5", a, s) for a in ("sac", "diffsr") for s in (0, 1, 2)], ("Hopper-v5", "sac", 0),
+        ("Hopper-v5", "sac", 1)]
 
 
 @pytest.mark.parametrize("text,needle", [

@@ -21,7 +21,8 @@ environment's python (``DIFFRL_D3RLPY_PYTHON``, else the checkout's ``.tox/d3rlp
 run folders, resumes the same way (it checkpoints at each evaluation, so ``checkpoint_every`` does not apply)
 and checks its ``hp`` against its own table when the grid is loaded.
 
-The cell (env or dataset, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
+Cells run task by task, in the grid's order of envs (then datasets), and within a task group by group, seed by
+seed. The cell (env or dataset, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
 its algorithm), exactly as ``diffrl train ALGO --env ENV --seed SEED --steps STEPS --hp ... --out`` that
 folder would. Rerunning the sweep skips finished cells (their ``done.json``) and resumes the others from
 their checkpoints; a cell that fails is reported and retried once while the others go on. Without
@@ -215,7 +216,10 @@ def load_grid(path: Path) -> list[Cell]:
                 raise SweepError(f"grid: group {i + 1} ({g['algo']}) trains online: the grid needs envs")
             cells += [Cell(str(g["algo"]), env, seed, steps, name, typed, **every) for env in env_ids
                       for seed in seeds]
-    return cells
+    # task by task (every group and seed of the first env or dataset, then the next), so that a campaign cut
+    # short holds whole comparisons on its first tasks rather than one group on every task
+    task = {name: i for i, name in enumerate([*env_ids, *data_ids])}
+    return sorted(cells, key=lambda c: task[c.dataset or c.env])
 
 
 def is_done(cell: Cell, out: Path) -> bool:
