@@ -64,7 +64,8 @@ def runs(tmp_path: Path) -> list[Path]:
 
 
 def rows_by_group(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(r["env"], r["algo"]): r for r in json.loads((out / "results.json").read_text())}
+    """Each group's row (a MetaWorld task's first: its success rate)."""
+    return {(r["env"], r["algo"]): r for r in json.loads((out / "results.json").read_text()) if "return_row" not in r}
 
 
 def test_results_json(runs: list[Path], tmp_path: Path) -> None:
@@ -98,6 +99,11 @@ def test_metaworld_uses_success_rate(runs: list[Path], tmp_path: Path) -> None:
     assert r["at"]["10000"] == {"mean": pytest.approx(vals.mean()), "std": pytest.approx(vals.std()), "n": 2,
                                 "values": pytest.approx(list(vals))}
     assert "15000" not in r["at"]
+    # and its return, in the row after it (success alone is flat until a task is solved)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    ret = rows[rows.index(r) + 1]
+    assert ret["return_row"] and (ret["env"], ret["algo"], ret["metric"]) == ("reach-v3", "sac", "return")
+    assert ret["at"]["10000"]["values"] == pytest.approx(list(10 * vals)) and ret["seeds"] == r["seeds"]
 
 
 def test_value_needs_a_nearby_row(tmp_path: Path) -> None:
@@ -121,7 +127,7 @@ def test_rst_table(runs: list[Path], tmp_path: Path) -> None:
             rows.append([line[7:]])
         elif line.startswith("     - "):
             rows[-1].append(line[7:])
-    assert len(rows) == 4 and all(len(r) == 5 + len(at) + 1 for r in rows)
+    assert len(rows) == 5 and all(len(r) == 5 + len(at) + 1 for r in rows)
     assert rows[0][5:] == ["@ 5k", "@ 10k", "@ 20k", "s / 1k steps"]
     hopper = rows[1]
     vals = np.array([RETURNS[s][1] for s in (0, 1, 2)])
@@ -129,6 +135,7 @@ def test_rst_table(runs: list[Path], tmp_path: Path) -> None:
     seeds = ", ".join(f"{v:.1f}" for v in vals)
     assert hopper[5] == f"{vals.mean():.1f} ± {vals.std():.1f} ({seeds})" and hopper[7] == "—"
     assert rows[3][2] == "Success rate" and rows[3][5] == "0.30 ± 0.10 (0.20, 0.40)"
+    assert rows[4][:3] == ["reach-v3", "SAC (stable-baselines3)", "Return"] and rows[4][5] == "3.0 ± 1.0 (2.0, 4.0)"
     assert "population standard deviation over seeds (ddof = 0)" in text
     # one seed: the value alone, no "± 0.0" that would read as a measured spread
     assert rows[2][3] == "1" and rows[2][5] == f"{RETURNS[0][::-1][1]:.1f}"

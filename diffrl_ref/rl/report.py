@@ -12,8 +12,8 @@ written to the output folder:
     the mean over seeds at the evaluation steps that every seed has reached, shaded by plus or minus one
     standard deviation over seeds.
 ``results.json``
-    One row per group: ``env``, ``algo``, ``label``, ``seeds``, ``runs`` (the archived copies, relative to the
-    output folder), ``steps_reached`` (the
+    One row per group (two for a MetaWorld task: its success rate, then its return, marked ``return_row``): ``env``, ``algo``,
+    ``label``, ``seeds``, ``runs`` (the archived copies, relative to the output folder), ``steps_reached`` (the
     smallest last evaluation step over seeds), ``metric`` (``return`` or ``success_rate``), ``at``
     (for each requested step that every seed reached: ``mean``, ``std`` and ``n`` over seeds of the
     evaluation at that step), ``seconds_per_1k_steps`` and ``steps_per_s`` (wall time of the learning
@@ -236,14 +236,15 @@ def references(groups: dict[Group, list[Run]]) -> dict[str, Reference]:
     return out
 
 
-def value_at(run: Run, step: int) -> float | None:
-    """The evaluation at ``step``, or at the last row at most eval_every before it; None if not reached."""
+def value_at(run: Run, step: int, col: str | None = None) -> float | None:
+    """The evaluation at ``step`` (eval.csv column ``col``, default the metric's), or at the last row at most
+    eval_every before it; None if not reached."""
     if run.last_step < step:
         return None
     before = [r for r in run.evals if r["step"] <= step]
     if not before or step - before[-1]["step"] > run.eval_every:  # a gap in the grid: no honest value
         return None
-    return before[-1][column(run.env)]
+    return before[-1][col or column(run.env)]
 
 
 def curve(runs: list[Run], col: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -272,11 +273,13 @@ def label(run: Run) -> str:
     return f"{LABELS.get(run.algo, run.algo)}: {archived(run).parent.name}"
 
 
-def summarize(key: Group, runs: list[Run], at: list[int], ref: Reference | None = None) -> dict[str, Any]:
+def summarize(key: Group, runs: list[Run], at: list[int], ref: Reference | None = None,
+              returns: bool = False) -> dict[str, Any]:
+    """The group's row; ``returns``: its evaluation return instead of its metric (a MetaWorld task's second row)."""
     env, algo, variant = key
     table: dict[str, dict[str, Any]] = {}
     for step in at:
-        values = [value_at(run, step) for run in runs]
+        values = [value_at(run, step, "return_mean" if returns else None) for run in runs]
         if all(v is not None for v in values):
             arr = np.array([ref.score(v) if ref else v for v in values if v is not None], dtype=float)
             # population std (numpy's ddof = 0), as every published table; each seed's value beside it
@@ -287,13 +290,14 @@ def summarize(key: Group, runs: list[Run], at: list[int], ref: Reference | None 
     extra = {"hp": dict(runs[0].hp)} if variant else {}
     return {"env": env, "algo": algo, **extra, "label": label(runs[0]), "seeds": [r.seed for r in runs],
             "runs": [archived(r).as_posix() for r in runs], "steps_reached": min(r.last_step for r in runs),
-            "metric": "normalised_score" if ref and ref.scaled else metric(env), "at": table,
+            "metric": "return" if returns else "normalised_score" if ref and ref.scaled else metric(env), "at": table,
             "seconds_per_1k_steps": per_1k,
             "steps_per_s": 1000.0 / per_1k if per_1k else None, "complete": all(r.done for r in runs),
             "in_progress": [r.seed for r in runs if not r.done],
             "resumed": {str(r.seed): r.resumes for r in runs if r.resumes},
             "unrecorded_starts": [r.seed for r in runs if r.resumes is None],
-            **({"reference": {"random": ref.random, "expert": ref.expert}} if ref else {})}
+            **({"reference": {"random": ref.random, "expert": ref.expert}} if ref else {}),
+            **({"return_row": True} if returns else {})}
 
 
 def dataset_row(env: str, ref: Reference, at: list[int]) -> dict[str, Any]:
@@ -357,17 +361,18 @@ def rst_table(rows: list[dict[str, Any]], at: list[int]) -> str:
     if any(r["algo"] == "dataset" for r in rows):
         lines += ["", f"*{DATASET_LABEL}: the mean undiscounted return of the dataset's episodes that ended by "
                       "termination or time limit, on the same scale; the same at every step.*"]
-    for r in rows:
+    groups = [r for r in rows if not r.get("return_row")]  # the notes name each group once
+    for r in groups:
         if r["resumed"]:
             seeds = ", ".join(f"seed {k} ({n} time{'s' if n > 1 else ''})" for k, n in r["resumed"].items())
             lines += ["", f"*Resumed from a checkpoint (``starts.jsonl``): {_escape(r['label'])} on "
                           f"{_escape(r['env'])}, {seeds}.*"]
-    unrecorded = sum(len(r["unrecorded_starts"]) for r in rows)
+    unrecorded = sum(len(r["unrecorded_starts"]) for r in groups)
     if unrecorded:
-        total = sum(len(r["seeds"]) for r in rows)
+        total = sum(len(r["seeds"]) for r in groups)
         lines += ["", f"*{unrecorded} of the {total} runs have no ``starts.jsonl`` (they ran before it was "
                       "recorded): whether they were resumed is not known.*"]
-    for r in rows:
+    for r in groups:
         if not r["complete"]:
             busy = r["in_progress"]
             seeds = ("seed " if len(busy) == 1 else "seeds ") + ", ".join(map(str, busy))
@@ -547,6 +552,8 @@ def main(runs: list[Path], out: Path, at: list[int], versus: tuple[str, str] | N
         if key[0] in refs and not any(r["env"] == key[0] for r in rows):
             rows.append(dataset_row(key[0], refs[key[0]], at))  # first in its env's rows
         rows.append(summarize(key, members, at, refs.get(key[0])))
+        if envs.is_metaworld(key[0]):  # success alone is flat until a task is solved: the return beside it
+            rows.append(summarize(key, members, at, returns=True))
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "results.rst").write_text(rst_table(rows, at))
     wrote = [out / "results.json", out / "results.rst", out / "runs"]
