@@ -398,12 +398,12 @@ def test_results_datasets_script(tmp_path: Path) -> None:
                          "200", "--eval-every", "200", "--eval-episodes", "1", "--threads", "1",
                          "--no-progress"]) == 0
     argv = ["--runs", str(tmp_path / "campaign"), "--out", str(tmp_path / "ds"), "--size", "300", "--record",
-            str(tmp_path), "--tasks", "Hopper-v5"]
+            str(tmp_path), "--tasks", "Hopper-v5", "--seeds", "0"]
     script.main(argv)
     made = json.loads((tmp_path / "made.json").read_text())
     expert, replay = made["datasets"]["diffrl/hopper/expert-v0"], made["datasets"]["diffrl/hopper/medium-replay-v0"]
     pick = made["policies"]["Hopper-v5"]
-    assert (pick["expert_step"], pick["medium_step"]) == (400, 200)
+    assert (pick["expert_step"], pick["medium_step"]) == (400, 200) and pick["run"] == "Hopper-v5/sac/seed0"
     assert expert["transitions"] == 300 and replay["transitions"] == 200  # the buffer's first 200 rows
     assert replay["ref_max_score"] == expert["ref_max_score"] and replay["ref_min_score"] == expert["ref_min_score"]
     assert expert["policies"][0]["step"] == 400
@@ -434,3 +434,26 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="differs from it at training episode 0"):
         script.main(again)
     assert not (tmp_path / "ds2" / "diffrl/hopper/medium-replay-v0").exists()
+
+
+def test_results_datasets_pick_the_best_finished_seed(tmp_path: Path) -> None:
+    """make_datasets.py's pick_run: of the SAC seeds, all finished, the highest last evaluation (ties: the lowest
+    seed); an unfinished seed stops it with one line before anything is made."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "offline" / "results" / "make_datasets.py"
+    spec = importlib.util.spec_from_file_location("make_datasets", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for seed, last in ((0, 712.1), (1, 3105.0), (2, 3105.0)):
+        run = tmp_path / "Walker2d-v5" / "sac" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "eval.csv").write_text(f"step,return_mean\n195000,4000.0\n200000,{last}\n")
+        (run / "done.json").write_text("{}")
+    run, finals = script.pick_run(tmp_path, "Walker2d-v5", [0, 1, 2])
+    assert run == tmp_path / "Walker2d-v5" / "sac" / "seed1" and finals == {"0": 712.1, "1": 3105.0, "2": 3105.0}
+    assert script.pick_run(tmp_path, "Walker2d-v5", [0])[0].name == "seed0"
+    (tmp_path / "Walker2d-v5" / "sac" / "seed2" / "done.json").unlink()
+    with pytest.raises(SystemExit, match="seed2 has not finished"):
+        script.pick_run(tmp_path, "Walker2d-v5", [0, 1, 2])

@@ -1,10 +1,11 @@
 #!/bin/bash
 # The open issues' campaigns in the order they need each other, resumable: the Diff-SR ablation (issue 17); the
-# 200k-step campaign's SAC seed-0 runs on HalfCheetah, Hopper and Walker2d, the behaviour policies of the
-# offline datasets, which are then made beside the rest of the campaign (issue 18), so that they are made and
-# checked early, not after the whole campaign; the offline results (issue 19); the multi-agent results (issue
-# 20). A session's commands are killed when it ends, so start this at the beginning of
-# every session (repository root, the project's venv active) and leave it in the background:
+# 200k-step campaign's SAC runs on HalfCheetah, Hopper and Walker2d (three seeds: the offline datasets' behaviour
+# policies come from the best of them, make_datasets.py's pick_run), the datasets then made beside the rest of
+# the campaign (issue 18), so that they are made and checked early, not after the whole campaign; the offline
+# results (issue 19); the multi-agent results (issue 20). A session's commands are killed when it ends, so
+# start this at the beginning of every session (repository root, the project's venv active) and leave it in
+# the background:
 #   setsid nohup bash docs/campaigns/pipeline.sh > runs/pipeline.log 2>&1 < /dev/null &
 # Rerunning goes on where the last one stopped: a finished sweep returns at once (its cells are done), an
 # unfinished one resumes its runs from their checkpoints. Each stage restores its batch's archived runs into
@@ -36,7 +37,7 @@ stage() {  # GRID SWEEP_DIR BATCH_DIR [diffrl sweep's cell filters]
 
 stage docs/rl/2026-12-06-ablation/grid.yaml runs/ablation docs/rl/2026-12-06-ablation || exit 1
 stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k \
-  --groups sac --envs HalfCheetah-v5 Hopper-v5 Walker2d-v5 --seeds 0 || exit 1
+  --groups sac --envs HalfCheetah-v5 Hopper-v5 Walker2d-v5 || exit 1
 # the datasets are made (one process, about an hour or two) beside the rest of the campaign: no core idles
 python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets > runs/datasets.log 2>&1 &
 made=$!

@@ -1,23 +1,25 @@
 """Makes the datasets of the offline and multi-agent results (issues 19 and 20) from the campaign's SAC runs.
 
-How to run (repository root, the project's venv active), once the 200k-step campaign's SAC runs have finished::
+How to run (repository root, the project's venv active), once the 200k-step campaign's SAC runs on HalfCheetah,
+Hopper and Walker2d have finished (docs/campaigns/pipeline.sh runs those first)::
 
     python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets
 
-For each task, the behaviour policies come from SAC seed 0 of the campaign (``RUNS/ENV/sac/seed0``: its policy
-snapshots, archived with the logs, and, for ``medium-replay``, its ``checkpoint.pt`` with the replay buffer, which
-is not archived; on a machine without it, the run is rerun to the medium step, which gives the same buffer on CPU,
-its training episodes checked against the archived ones: :func:`replay_checkpoint`): ``expert`` is its last
-snapshot (200k steps), ``medium`` the snapshot whose evaluation return is nearest a third of the expert's
+For each task, the behaviour policies come from one SAC run of the campaign, the seed whose last evaluation return
+is the highest of the three (:func:`pick_run`; ``RUNS/ENV/sac/seedS``): its policy snapshots, archived with the
+logs, and, for ``medium-replay``, its ``checkpoint.pt`` with the replay buffer, which is not archived; on a machine
+without it, the run is rerun to the medium step, which gives the same buffer on CPU, its training episodes checked
+against the archived ones (:func:`replay_checkpoint`). ``expert`` is its last snapshot (200k steps), ``medium`` the
+snapshot whose evaluation return is nearest a third of the expert's
 (:func:`diffrl_ref.rl.datasets.behaviour_policies`), and ``medium-replay`` the run's buffer up to the medium
 snapshot's step. The expert dataset is made first; its ``ref_max_score`` (the expert policy's evaluation) is every
 other dataset's ``--expert-return`` of that task, so all of a task's datasets share one normalised scale. The
 Multi-Agent MuJoCo datasets use the same policies on the partitions' single-agent tasks. Every dataset is made with
 ``diffrl dataset make`` at ``--size`` (D4RL's 1M by default), seed 0; a dataset that exists already is kept
-(rerunning goes on where it stopped). Writes ``made.json`` to ``--record`` (default: this folder): the policies
-picked, their returns and the datasets made; the two picked actors of each task are copied to
-``--record``/policies/TASK/ (the run's archive keeps only every 50k steps' snapshot and the last, the medium one is
-usually between).
+(rerunning goes on where it stopped). Writes ``made.json`` to ``--record`` (default: this folder): the run picked
+and every seed's last return, the policies picked, their returns and the datasets made; the two picked actors of
+each task are copied to ``--record``/policies/TASK/ (the run's archive keeps only every 50k steps' snapshot and the
+last, the medium one is usually between).
 """
 
 from __future__ import annotations
@@ -95,13 +97,32 @@ def replay_checkpoint(run: Path, step: int, scratch: Path) -> Path:
     return out / "checkpoint.pt"
 
 
+def pick_run(runs: Path, task: str, seeds: list[int]) -> tuple[Path, dict[str, float]]:
+    """The task's behaviour-policy run: of the campaign's SAC seeds, every one finished, the one whose last
+    evaluation return is the highest (ties: the lowest seed), with each seed's. D4RL's expert is "a fully trained
+    SAC policy"; at 200k steps one seed of three can stall (seed 0 on Walker2d-v5 was under 720 through 155k
+    steps, 2026-12-07), and a stalled run's last policy is no expert. Fixed before seeds 1 and 2 had run."""
+    finals: dict[str, float] = {}
+    for seed in seeds:
+        run = runs / task / "sac" / f"seed{seed}"
+        if not (run / "done.json").is_file():
+            raise SystemExit(f"make_datasets: {run} has not finished: the behaviour policies of {task} are picked "
+                             f"among SAC seeds {', '.join(map(str, seeds))} once all have")
+        with (run / "eval.csv").open(newline="") as f:
+            finals[str(seed)] = float(list(csv.DictReader(f))[-1]["return_mean"])
+    best = max(seeds, key=lambda s: (finals[str(s)], -s))
+    return runs / task / "sac" / f"seed{best}", finals
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--runs", required=True, help="the campaign's sweep folder (RUNS/ENV/sac/seed0)")
+    p.add_argument("--runs", required=True, help="the campaign's sweep folder (RUNS/ENV/sac/seedS)")
     p.add_argument("--out", required=True, help="the Minari root to write to")
     p.add_argument("--size", type=int, help="transitions per policy (default: 1M, D4RL's)")
     p.add_argument("--record", default=str(Path(__file__).parent), help="where made.json goes")
     p.add_argument("--tasks", nargs="*", help="only these tasks and partitions (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="the SAC seeds to pick each task's run from (default: the campaign's 0 1 2)")
     p.add_argument("--scratch", default="runs/replay",
                    help="where a run without checkpoint.pt is rerun for medium-replay (default: runs/replay)")
     args = p.parse_args(argv)
@@ -113,8 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     for env, task, kinds in jobs:
         if env not in wanted:
             continue
-        run = Path(args.runs) / task / "sac" / "seed0"
-        pick: dict[str, Any] = datasets.behaviour_policies(run)
+        run, finals = pick_run(Path(args.runs), task, args.seeds)
+        pick: dict[str, Any] = {"run": run.relative_to(args.runs).as_posix(), "final_returns": finals,
+                                **datasets.behaviour_policies(run)}
         # the two picked actors are kept beside made.json (a few hundred kB each; the run's archive keeps only
         # every 50k and the last), so the medium and expert sets can be remade from the repository
         kept = Path(args.record) / "policies" / task
