@@ -12,9 +12,10 @@ written to the output folder:
     the mean over seeds at the evaluation steps that every seed has reached, shaded by plus or minus one
     standard deviation over seeds.
 ``results.json``
-    One row per group (two for a MetaWorld task: its success rate, then its return, marked ``return_row``): ``env``, ``algo``,
-    ``label``, ``seeds``, ``runs`` (the archived copies, relative to the output folder), ``steps_reached`` (the
-    smallest last evaluation step over seeds), ``metric`` (``return`` or ``success_rate``), ``at``
+    One row per group (two for a MetaWorld task: its success rate, then its return, marked ``return_row``):
+    ``env``, ``algo``, ``label``, ``seeds``, ``runs`` (the archived copies, relative to the output folder),
+    ``steps_reached`` (the smallest last evaluation step over seeds), ``metric`` (``return`` or ``success_rate``),
+    ``at``
     (for each requested step that every seed reached: ``mean``, ``std`` and ``n`` over seeds of the
     evaluation at that step), ``seconds_per_1k_steps`` and ``steps_per_s`` (wall time of the learning
     phase, mean over seeds, evaluation excluded; null when no seed has learned yet) and ``complete``
@@ -392,14 +393,20 @@ def plot(groups: dict[Group, list[Run]], path: Path, refs: dict[str, Reference] 
     from matplotlib.ticker import FuncFormatter
 
     # MetaWorld tasks get a second panel with the return: success alone is flat until a task is solved
-    panels = [(env, col) for env in sorted({key[0] for key in groups})
-              for col in ((column(env), "return_mean") if envs.is_metaworld(env) else (column(env),))]
-    ncols = 2 if all(envs.is_metaworld(env) for env, _ in panels) else min(3, len(panels))  # a task's pair per row
+    names = sorted({key[0] for key in groups})
+    single: list[tuple[str, str] | None] = [(env, column(env)) for env in names if not envs.is_metaworld(env)]
+    pairs: list[tuple[str, str] | None] = [(env, col) for env in names if envs.is_metaworld(env)
+                                           for col in (column(env), "return_mean")]
+    # a MetaWorld task's pair on one row of two columns (after the other panels, padded to a whole row)
+    ncols = 2 if pairs else min(3, len(single))
+    panels = single + [None] * (len(single) % 2 if pairs else 0) + pairs
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    for ax, (env, col) in zip(axes.flat, panels, strict=False):
+    for ax, panel in zip(axes.flat, panels + [None] * (nrows * ncols - len(panels)), strict=True):
+        if panel is None:
+            ax.set_visible(False)
+            continue
+        env, col = panel
         lines = [(k, runs) for k, runs in groups.items() if k[0] == env]
         variants = any(k[2] for k, _ in lines)
         ref = (refs or {}).get(env)
