@@ -426,8 +426,8 @@ def test_results_datasets_script(tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
     # a rerun that is not the original (here: one archived episode return changed) makes nothing
     rows = (run / "episodes.csv").read_text().splitlines()
-    step, episode, ret, *rest = rows[1].split(",")
-    rows[1] = ",".join([step, episode, str(float(ret) + 1.0), *rest])
+    cells = rows[1].split(",")  # step, episode, return, length, success
+    rows[1] = ",".join([*cells[:2], str(float(cells[2]) + 1.0), *cells[3:]])
     (run / "episodes.csv").write_text("\n".join(rows) + "\n")
     shutil.rmtree(tmp_path / "ds2" / "diffrl/hopper/medium-replay-v0")
     shutil.rmtree(tmp_path / "replay")
