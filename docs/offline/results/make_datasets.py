@@ -25,7 +25,6 @@ last, the medium one is usually between).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from diffrl_ref import cli
-from diffrl_ref.rl import datasets
+from diffrl_ref.rl import datasets, logs
 
 #: task -> the kinds made for the results (docs/offline.rst, docs/marl.rst); the expert set comes first
 SINGLE = {"HalfCheetah-v5": ("expert", "medium"), "Hopper-v5": ("expert", "medium-replay"),
@@ -61,9 +60,8 @@ def make(env: str, kind: str, policy: Path, root: Path, size: int | None, expert
     return ds_id
 
 
-def _rows(path: Path, last: int) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= last]
+def _rows(path: Path, last: int) -> list[dict[str, float]]:
+    return [r for r in logs.read_csv(path) if r["step"] <= last]
 
 
 def replay_checkpoint(run: Path, step: int, scratch: Path) -> Path:
@@ -108,8 +106,7 @@ def pick_run(runs: Path, task: str, seeds: list[int]) -> tuple[Path, dict[str, f
         if not (run / "done.json").is_file():
             raise SystemExit(f"make_datasets: {run} has not finished: the behaviour policies of {task} are picked "
                              f"among SAC seeds {', '.join(map(str, seeds))} once all have")
-        with (run / "eval.csv").open(newline="") as f:
-            finals[str(seed)] = float(list(csv.DictReader(f))[-1]["return_mean"])
+        finals[str(seed)] = logs.read_csv(run / "eval.csv")[-1]["return_mean"]
     best = max(seeds, key=lambda s: (finals[str(s)], -s))
     return runs / task / "sac" / f"seed{best}", finals
 
