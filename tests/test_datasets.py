@@ -360,10 +360,11 @@ def test_minari_env_var_is_restored(made_root: Path, monkeypatch: pytest.MonkeyP
         "dataset_id"] == "diffrl/invertedpendulum/random-v0"
 
 
-def test_behaviour_policies_pick_the_snapshot_nearest_a_third(tmp_path: Path) -> None:
-    """expert = the last evaluated snapshot; medium = the earlier one whose return is nearest a third of it."""
+def test_behaviour_policies_pick_the_first_snapshot_reaching_a_third(tmp_path: Path) -> None:
+    """expert = the last evaluated snapshot; medium = the first earlier one whose return reaches a third of it
+    (the run stopped early), not a later dip nearer the target."""
     (tmp_path / "policies").mkdir()
-    for step, ret in ((50_000, 900.0), (100_000, 2100.0), (150_000, 2600.0), (200_000, 6000.0)):
+    for step, ret in ((50_000, 900.0), (100_000, 2600.0), (150_000, 1900.0), (200_000, 6000.0)):
         torch.save({"eval": {"return_mean": ret}}, tmp_path / "policies" / f"step{step}.pt")
     torch.save({"eval": None}, tmp_path / "policies" / "step210000.pt")  # the end of a run off the eval grid
     # step order is numeric (step50000 sorts after step200000 as text), and a stray file there is no snapshot
@@ -371,9 +372,14 @@ def test_behaviour_policies_pick_the_snapshot_nearest_a_third(tmp_path: Path) ->
     assert [step for step, _ in loop.snapshots(tmp_path)] == [50_000, 100_000, 150_000, 200_000, 210_000]
     got = datasets.behaviour_policies(tmp_path)
     assert (got["expert_step"], got["expert_return"]) == (200_000, 6000.0)
-    assert (got["medium_step"], got["medium_return"]) == (100_000, 2100.0)  # |2100 - 2000| < |900 - 2000|
-    assert got["fraction"] == pytest.approx(0.35) and got["medium"].endswith("step100000.pt")
+    # 2600 >= 2000 first; 1900 at 150k is nearer 2000 but comes after a higher return (a dip)
+    assert (got["medium_step"], got["medium_return"]) == (100_000, 2600.0)
+    assert got["fraction"] == pytest.approx(2600 / 6000) and got["medium"].endswith("step100000.pt")
+    assert got["rule"].startswith("first snapshot reaching")
     assert datasets.behaviour_policies(tmp_path, fraction=0.1)["medium_step"] == 50_000
+    # nothing before the expert reaches 0.5: the highest one below, and the rule says so
+    low = datasets.behaviour_policies(tmp_path, fraction=0.5)
+    assert low["medium_step"] == 100_000 and low["rule"].startswith("no earlier snapshot reaches")
     for q in list((tmp_path / "policies").glob("step*.pt"))[1:]:
         q.unlink()
     with pytest.raises(datasets.DatasetError, match="at least two evaluated policy snapshots"):

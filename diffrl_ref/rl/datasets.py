@@ -221,9 +221,13 @@ def read_policy(arg: str, role: str, env: str) -> Policy:
 
 def behaviour_policies(run: Path, fraction: float = 1 / 3) -> dict[str, Any]:
     """D4RL's two behaviour policies from one SAC run's snapshots (``policies/stepT.pt``): ``expert``, its last
-    snapshot, and ``medium``, the earlier snapshot whose evaluation return is closest to ``fraction`` of the
-    expert's (D4RL: a policy stopped at about a third of the expert's return). Each snapshot's evaluation is the
-    one the run made at its step. Returns their paths, steps and returns, and the medium's share of the expert's."""
+    snapshot, and ``medium``, the run stopped early: the first snapshot whose evaluation return reaches
+    ``fraction`` of the expert's (D4RL trains SAC and stops it when the policy reaches about a third of the
+    expert's return; its medium-replay buffer ends there too). The first one, not the one nearest the target:
+    SAC's returns dip and recover, and a later dip that happens to lie near a third is a collapsed policy, not
+    one stopped on its way up. If no earlier snapshot reaches it, the nearest one below is taken and ``rule``
+    says so. Each snapshot's evaluation is the one the run made at its step. Returns their paths, steps and
+    returns, the medium's share of the expert's, the rule applied and every candidate's return."""
     from .loop import snapshots  # loop imports the agents, which import this module
 
     evals: list[tuple[Path, int, float]] = []
@@ -236,10 +240,15 @@ def behaviour_policies(run: Path, fraction: float = 1 / 3) -> dict[str, Any]:
                            f"{len(evals)} (the policies/stepT.pt that diffrl train sac writes)")
     expert = evals[-1]
     target = fraction * expert[2]
-    medium = min(evals[:-1], key=lambda e: (abs(e[2] - target), e[1]))
+    reached = [e for e in evals[:-1] if e[2] >= target]
+    if reached:
+        medium, rule = reached[0], f"first snapshot reaching {fraction:.3g} of the expert's return"
+    else:
+        medium = min(evals[:-1], key=lambda e: (target - e[2], e[1]))
+        rule = f"no earlier snapshot reaches {fraction:.3g} of the expert's return: the nearest below"
     return {"expert": str(expert[0]), "expert_step": expert[1], "expert_return": expert[2],
             "medium": str(medium[0]), "medium_step": medium[1], "medium_return": medium[2],
-            "fraction": medium[2] / expert[2] if expert[2] else None,
+            "fraction": medium[2] / expert[2] if expert[2] else None, "rule": rule,
             "candidates": {str(e[1]): e[2] for e in evals}}
 
 

@@ -10,7 +10,7 @@ is the highest of the three (:func:`pick_run`; ``RUNS/ENV/sac/seedS``): its poli
 logs, and, for ``medium-replay``, its ``checkpoint.pt`` with the replay buffer, which is not archived; on a machine
 without it, the run is rerun to the medium step, which gives the same buffer on CPU, its training episodes checked
 against the archived ones (:func:`replay_checkpoint`). ``expert`` is its last snapshot (200k steps), ``medium`` the
-snapshot whose evaluation return is nearest a third of the expert's
+run stopped early, its first snapshot whose evaluation return reaches a third of the expert's
 (:func:`diffrl_ref.rl.datasets.behaviour_policies`), and ``medium-replay`` the run's buffer up to the medium
 snapshot's step. The expert dataset is made first; its ``ref_max_score`` (the expert policy's evaluation) is every
 other dataset's ``--expert-return`` of that task, so all of a task's datasets share one normalised scale. The
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         record["policies"][task] = pick
         print(f"make_datasets: {task}: expert step {pick['expert_step']:,} (return {pick['expert_return']:.1f}), "
               f"medium step {pick['medium_step']:,} (return {pick['medium_return']:.1f}, "
-              f"{pick['fraction']:.2f} of the expert's)", flush=True)
+              f"{pick['fraction']:.2f} of the expert's; {pick['rule']})", flush=True)
         expert_return = None
         for kind in kinds:
             if kind == "medium-replay":  # the run's buffer up to the medium snapshot: its first rows
