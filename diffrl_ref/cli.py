@@ -272,22 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out", help="output directory for bench.json/.rst/.png")
     b.add_argument("--no-plot", action="store_true", help="skip the plot")
 
-    r = sub.add_parser("train", help="train Diff-SR or SAC online, Diffusion-QL or EDP offline (logs, resumable)")
+    r = sub.add_parser("train", help="train Diff-SR or SAC online; Diffusion-QL, EDP, DOM2, DoF or MADiff offline "
+                                     "(logs, resumable)")
     r.add_argument("algo", choices=TRAIN_ALGOS,
                    help="diffsr (Algorithm 2) or sac (stable-baselines3), online; diffusion-ql or edp, offline "
-                        "(--dataset)")
+                        "(--dataset); dom2, dof or madiff, offline multi-agent (--dataset of a partition)")
     r.add_argument("--env", help="online: Gymnasium id (HalfCheetah-v5, ...) or MetaWorld v3 task (reach-v3); "
                                  "offline: taken from the dataset")
     r.add_argument("--dataset", help="offline algorithms: Minari dataset id (diffrl dataset list)")
     r.add_argument("--dataset-root", help="Minari root holding --dataset (default: $MINARI_DATASETS_PATH or "
                                           "Minari's default)")
-    r.add_argument("--steps", type=_positive, required=True, help="environment steps in total (resume: to this many)")
+    r.add_argument("--steps", type=_positive, required=True,
+                   help="online: environment steps; offline: gradient steps; in total (resume: to this many)")
     r.add_argument("--seed", type=_count, default=0, help="seed of the run (default: 0)")
     r.add_argument("--out", required=True, help="run folder; the same command again resumes from its checkpoint")
     r.add_argument("--eval-every", type=_positive, default=5000, help="steps between evaluations (default: 5000)")
     r.add_argument("--eval-episodes", type=_positive, default=10, help="episodes per evaluation (default: 10)")
     r.add_argument("--checkpoint-every", type=_positive, default=10_000,
-                   help="checkpoint at the first episode end after every N steps (default: 10000)")
+                   help="checkpoint every N steps (online: at the first episode end after them; default: 10000)")
     r.add_argument("--log-every", type=_positive, default=1000, help="steps between train.csv rows (default: 1000)")
     r.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="override a hyperparameter (docs/rl.rst lists them), repeatable")
