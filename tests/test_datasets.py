@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +300,20 @@ def test_interrupted_make_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(os, "rename", boom)  # the last step: the data is written in the hidden folder
     assert make(tmp_path, "InvertedPendulum-v5", "random") == 130
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_killed_makes_temp_folder_is_removed_by_the_next_make(tmp_path: Path) -> None:
+    """SIGKILL leaves .make-PID-*; the next make removes it once PID is gone, and leaves a live make's alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its PID names no process now (reuse within this test is not a concern on Linux's PID counter)
+    stale = tmp_path / f".make-{dead.pid}-abc123"
+    live = tmp_path / f".make-{os.getpid()}-def456"
+    other = tmp_path / ".make-xyz"  # the name of makes before this rule: no PID, left alone
+    for d in (stale, live, other):
+        (d / "diffrl").mkdir(parents=True)
+    assert make(tmp_path, "InvertedPendulum-v5", "random") == 0
+    assert not stale.exists() and live.is_dir() and other.is_dir()
+    assert (tmp_path / "diffrl/invertedpendulum/random-v0").is_dir()
 
 
 def _checkpoint_as(src: Path, dst: Path, **identity: Any) -> Path:

@@ -68,9 +68,10 @@ outside the root. (Minari reads its root from the environment variable ``MINARI_
 
 Bad input (unknown env or kind, missing or extra ``--policy``, a checkpoint that is not a SAC checkpoint
 or was trained on another env, an existing dataset id, ``--size`` < 1, ...) raises :class:`DatasetError`
-before anything is written. The dataset is built in a hidden folder of the root (``.make-*``, which
+before anything is written. The dataset is built in a hidden folder of the root (``.make-PID-*``, which
 Minari's listing skips) and renamed onto its id at the end, so an interrupted make leaves nothing under
-the final id.
+the final id; a make killed before it could remove that folder leaves it, and the next make in the root
+removes it once its process is gone (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -662,7 +663,8 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
 
     # ---- write in a hidden folder of the root, rename onto the id at the end
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".make-", dir=root))
+    remove_stale_temps(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".make-{os.getpid()}-", dir=root))
     try:
         with minari_root(tmp), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari warns about the author fields, which are not set
@@ -698,6 +700,25 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Made(ds_id, final, transitions, len(episodes), ref_min, ref_max)
+
+
+def remove_stale_temps(root: Path) -> list[Path]:
+    """Removes the hidden folders (``.make-PID-*``) of makes killed before their cleanup could run (SIGKILL, a
+    session's end): those whose process no longer exists on this machine. A live PID's folder, possibly a make
+    running now, is left alone, and so is a name without a PID. Returns the folders removed."""
+    removed = []
+    for d in root.glob(".make-*"):
+        m = re.fullmatch(r"\.make-(\d+)-.*", d.name)
+        if not (m and d.is_dir()):
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        except (PermissionError, OverflowError):  # alive under another user; not a PID
+            pass
+    return removed
 
 
 # ---- reading ----------------------------------------------------------------------------------
