@@ -402,9 +402,8 @@ def test_behaviour_policies_pick_the_first_snapshot_reaching_a_third(tmp_path: P
         datasets.behaviour_policies(tmp_path)
 
 
-def test_results_datasets_script(tmp_path: Path) -> None:
-    """docs/offline/results/make_datasets.py on a tiny SAC run in the campaign's layout: expert from the last
-    snapshot, medium-replay from the buffer up to the medium snapshot, one normalised scale; a rerun keeps them."""
+def _results_script() -> Any:
+    """docs/offline/results/make_datasets.py as a module."""
     import importlib.util
 
     path = Path(__file__).resolve().parent.parent / "docs" / "offline" / "results" / "make_datasets.py"
@@ -412,6 +411,13 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_results_datasets_script(tmp_path: Path) -> None:
+    """docs/offline/results/make_datasets.py on a tiny SAC run in the campaign's layout: expert from the last
+    snapshot, medium-replay from the buffer up to the medium snapshot, one normalised scale; a rerun keeps them."""
+    script = _results_script()
     run = tmp_path / "campaign" / "Hopper-v5" / "sac" / "seed0"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "SNAPSHOT_EVERY", 200)
@@ -432,6 +438,18 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     for kind, step in (("medium", 200), ("expert", 400)):  # the picked actors kept beside made.json
         assert pick[f"{kind}_kept"] == f"policies/Hopper-v5/step{step}.pt"
         assert (tmp_path / pick[f"{kind}_kept"]).read_bytes() == (run / "policies" / f"step{step}.pt").read_bytes()
+    # the docs' tables: how the data were made, the pick, and each dataset's own average on the normalised scale
+    table = (tmp_path / "datasets.rst").read_text()
+    assert "``diffrl/hopper/expert-v0``" in table and "``diffrl/hopper/medium-replay-v0``" in table
+    assert "``Hopper-v5/sac/seed0``" in table and f"{expert['transitions']:,}" in table
+    assert f"gymnasium {expert['versions']['gymnasium']}" in table
+    norm = 100 * (expert["average_return"] - expert["ref_min_score"]) / (expert["ref_max_score"] -
+                                                                      expert["ref_min_score"])
+    assert f"{norm:,.1f}" in table
+    assert "No dataset made yet" in (tmp_path / "datasets-marl.rst").read_text()  # no partition in --tasks
+    (tmp_path / "datasets.rst").unlink()
+    script.main(["--record", str(tmp_path), "--tables-only"])
+    assert (tmp_path / "datasets.rst").read_text() == table
     before = (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns
     script.main(argv)  # everything exists: kept, not remade
     assert (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns == before
@@ -458,16 +476,21 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     assert not (tmp_path / "ds2" / "diffrl/hopper/medium-replay-v0").exists()
 
 
+def test_committed_dataset_tables_are_made_json() -> None:
+    """docs/offline/results/datasets*.rst are what make_datasets.py's tables give from the committed made.json
+    (or the placeholder before any dataset is made)."""
+    script = _results_script()
+    folder = Path(script.__file__).parent
+    made = json.loads((folder / "made.json").read_text()) if (folder / "made.json").is_file() else \
+        {"datasets": {}, "policies": {}}
+    for name, names in (("datasets.rst", list(script.SINGLE)), ("datasets-marl.rst", list(script.MULTI))):
+        assert (folder / name).read_text() == script.tables(made, names), name
+
+
 def test_results_datasets_pick_the_best_finished_seed(tmp_path: Path) -> None:
     """make_datasets.py's pick_run: of the SAC seeds, all finished, the highest last evaluation (ties: the lowest
     seed); an unfinished seed stops it with one line before anything is made."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "docs" / "offline" / "results" / "make_datasets.py"
-    spec = importlib.util.spec_from_file_location("make_datasets", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _results_script()
     for seed, last in ((0, 712.1), (1, 3105.0), (2, 3105.0)):
         run = tmp_path / "Walker2d-v5" / "sac" / f"seed{seed}"
         run.mkdir(parents=True)

@@ -639,8 +639,7 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
                     and vers[p] != "not installed"]
     provenance = {
         "format": FORMAT, "kind": kind, "env": env, **({"task": task} if part else {}),
-        "max_episode_steps": getattr(collect_env.spec,
-                                                                                  "max_episode_steps", None),
+        "max_episode_steps": getattr(collect_env.spec, "max_episode_steps", None),
         "seed": seed, "size": transitions, "episodes": len(episodes),
         "size_per_policy": per_policy if kind == "medium-expert" else None,
         "versions": vers, "policies": records,
@@ -810,7 +809,8 @@ def record(dataset_id: str, root: Path | str) -> dict[str, Any]:
             "std_return": float(full.std()) if len(full) else None, "episodes_averaged": int(len(full)),
             "how": "mean (population std) of the undiscounted returns of the episodes that ended by termination "
                    "or the time limit",
-            "created": prov.get("created"),
+            "created": prov.get("created"), "seed": prov.get("seed"), "versions": prov.get("versions"),
+            "code": meta.get("code_permalink"),
             "policies": [{"role": p.get("role"), "name": p.get("name"), "step": p.get("step"),
                           "evaluation_return": (p.get("evaluation") or {}).get("return_mean")}
                          for p in prov.get("policies", [])]}

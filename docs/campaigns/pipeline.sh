@@ -39,13 +39,15 @@ stage docs/rl/2026-12-06-ablation/grid.yaml runs/ablation docs/rl/2026-12-06-abl
 stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k \
   --groups sac --envs HalfCheetah-v5 Hopper-v5 Walker2d-v5 || exit 1
 # the datasets are made (one process, about an hour or two) beside the rest of the campaign: no core idles
-# made.json and the two policies kept per task (the medium one is not in the run's archive) are committed at once
-# (a few tries: the archive loop may hold git's index lock; nothing to commit on a rerun is no failure)
+# made.json, its tables (datasets*.rst) and the two policies kept per task (the medium one is not in the run's
+# archive) are committed at once (a few tries: the archive loop may hold git's index lock; nothing to commit on a
+# rerun is no failure)
 { python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets > runs/datasets.log 2>&1 || exit 1
+  files=(docs/offline/results/made.json docs/offline/results/datasets.rst docs/offline/results/datasets-marl.rst
+        docs/offline/results/policies)
   for _ in 1 2 3; do
-    git add docs/offline/results/made.json docs/offline/results/policies && { git diff --cached --quiet -- \
-      docs/offline/results || git commit -q -m "Offline datasets made: made.json and the behaviour policies kept" \
-      -- docs/offline/results/made.json docs/offline/results/policies; } && break
+    git add "${files[@]}" && { git diff --cached --quiet -- docs/offline/results || git commit -q -m \
+      "Offline datasets made: made.json, its tables and the behaviour policies kept" -- "${files[@]}"; } && break
     sleep 10
   done; } &
 made=$!
