@@ -316,6 +316,15 @@ def test_a_killed_makes_temp_folder_is_removed_by_the_next_make(tmp_path: Path) 
     assert (tmp_path / "diffrl/invertedpendulum/random-v0").is_dir()
 
 
+def test_the_code_recorded_is_the_code_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A make records the commit its process imported (datasets.CODE), not the checkout's HEAD when it writes:
+    a long make outlives commits."""
+    monkeypatch.setattr(datasets, "code_permalink", lambda: "diffrl-ref, git commit moved-on")
+    assert make(tmp_path, "InvertedPendulum-v5", "random") == 0
+    md = metadata(tmp_path, "diffrl/invertedpendulum/random-v0")
+    assert md["code_permalink"] == datasets.CODE and "moved-on" not in md["code_permalink"]
+
+
 def _checkpoint_as(src: Path, dst: Path, **identity: Any) -> Path:
     ck = torch.load(src / "checkpoint.pt", map_location="cpu", weights_only=False)
     ck["identity"].update(identity)
@@ -435,6 +444,7 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     assert expert["transitions"] == 300 and replay["transitions"] == 200  # the buffer's first 200 rows
     assert replay["ref_max_score"] == expert["ref_max_score"] and replay["ref_min_score"] == expert["ref_min_score"]
     assert expert["policies"][0]["step"] == 400
+    assert "the first 200 transitions of the replay buffer in checkpoint" in (tmp_path / "datasets.rst").read_text()
     for kind, step in (("medium", 200), ("expert", 400)):  # the picked actors kept beside made.json
         assert pick[f"{kind}_kept"] == f"policies/Hopper-v5/step{step}.pt"
         assert (tmp_path / pick[f"{kind}_kept"]).read_bytes() == (run / "policies" / f"step{step}.pt").read_bytes()
@@ -451,8 +461,11 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     script.main(["--record", str(tmp_path), "--tables-only"])
     assert (tmp_path / "datasets.rst").read_text() == table
     before = (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns
+    stale = tmp_path / "policies" / "Hopper-v5" / "step300.pt"  # kept by an earlier pick: removed
+    stale.write_bytes(b"")
     script.main(argv)  # everything exists: kept, not remade
     assert (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns == before
+    assert sorted(q.name for q in (tmp_path / "policies" / "Hopper-v5").iterdir()) == ["step200.pt", "step400.pt"]
 
     # a machine without the run's checkpoint.pt (not archived): the run is rerun to the medium step, checked
     # against its archived training episodes, and gives the same medium-replay data

@@ -488,7 +488,8 @@ def versions(env: str, multi_agent: bool = False) -> dict[str, str]:
 
 
 def code_permalink() -> str:
-    """diffrl-ref's version, and the commit (``-dirty`` with local changes) when run from a git checkout."""
+    """diffrl-ref's version, and the commit (``-dirty`` with local changes) when run from a git checkout: of the
+    code this process imported (:data:`CODE`), not of whatever the checkout holds when a dataset is written."""
     from .. import __version__
 
     text = f"diffrl-ref {__version__}, diffrl_ref/rl/datasets.py"
@@ -504,6 +505,11 @@ def code_permalink() -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     return text
+
+
+#: the code of this process, taken at import: a long make (hours for several datasets) records the commit it runs,
+#: even if the checkout moves on meanwhile
+CODE = code_permalink()
 
 
 def _policy_record(p: Policy, evaluation: dict[str, float]) -> dict[str, Any]:
@@ -669,7 +675,7 @@ def make(env: str, kind: str, root: Path, size: int | None = None, seed: int = 0
             warnings.simplefilter("ignore")  # Minari warns about the author fields, which are not set
             ds = minari.create_dataset_from_buffers(
                 ds_id, episodes, env=None if part else collect_env, algorithm_name=algorithm,
-                code_permalink=code_permalink(),
+                code_permalink=CODE,
                 observation_space=obs_space, action_space=collect_env.action_space, description=description,
                 data_format="hdf5", requirements=requirements)
             ds.storage.update_metadata({"ref_min_score": ref_min, "num_episodes_average_score": eval_episodes,

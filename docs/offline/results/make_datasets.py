@@ -159,7 +159,11 @@ def tables(made: dict[str, Any], envs: list[str]) -> str:
             "     - Average return ± std", "     - Normalised", "     - Random (ref_min_score)",
             "     - Expert (ref_max_score)"]
     for ds_id, d in sorted(rows.items()):
-        pols = "; ".join(f"{q['role']} ``{q['name']}`` at {q['step']:,}" for q in d["policies"])
+        if d.get("kind") == "medium-replay":  # the data are the buffer, not what the checkpoint's policy does
+            pols = "; ".join(f"the first {d['transitions']:,} transitions of the replay buffer in checkpoint "
+                             f"``{q['name']}`` (saved at step {q['step']:,})" for q in d["policies"])
+        else:
+            pols = "; ".join(f"{q['role']} ``{q['name']}`` at {q['step']:,}" for q in d["policies"])
         lo, hi, avg = d["ref_min_score"], d["ref_max_score"], d["average_return"]
         norm = None if None in (lo, hi, avg) or hi == lo else 100 * (avg - lo) / (hi - lo)
         out += [f"   * - ``{ds_id}``", f"     - {pols}", f"     - {d['transitions']:,}", f"     - {d['episodes']:,}",
@@ -214,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         # every 50k and the last), so the medium and expert sets can be remade from the repository
         kept = Path(args.record) / "policies" / task
         kept.mkdir(parents=True, exist_ok=True)
+        for old in set(kept.glob("step*.pt")) - {kept / Path(pick[k]).name for k in ("medium", "expert")}:
+            old.unlink()  # a snapshot an earlier pick kept
         for kind in ("medium", "expert"):
             shutil.copyfile(pick[kind], kept / Path(pick[kind]).name)
             pick[f"{kind}_kept"] = str((kept / Path(pick[kind]).name).relative_to(Path(args.record)))
