@@ -461,22 +461,32 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     script.main(["--record", str(tmp_path), "--tables-only"])
     assert (tmp_path / "datasets.rst").read_text() == table
     before = (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns
-    stale = tmp_path / "policies" / "Hopper-v5" / "step300.pt"  # kept by an earlier pick: removed
+    stale = tmp_path / "policies" / "Hopper-v5" / "step300.pt"  # kept by an earlier pick
     stale.write_bytes(b"")
-    script.main(argv)  # everything exists: kept, not remade
+    script.main(argv)  # everything exists: kept, not remade; made.json's pick used again, from its kept snapshots
     assert (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns == before
+    assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["expert"] == \
+        str(tmp_path / "policies" / "Hopper-v5" / "step400.pt")
+    script.main([*argv, "--repick"])  # a new pick from the run: what it does not keep goes
+    assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["expert"] == \
+        str(run / "policies" / "step400.pt")
     assert sorted(q.name for q in (tmp_path / "policies" / "Hopper-v5").iterdir()) == ["step200.pt", "step400.pt"]
 
-    # a machine without the run's checkpoint.pt (not archived): the run is rerun to the medium step, checked
+    # a machine without the run's checkpoint.pt and the snapshots between 50k steps (neither is archived): the
+    # kept snapshots of made.json's pick make the expert set, the run is rerun to the medium step, checked
     # against its archived training episodes, and gives the same medium-replay data
     (run / "checkpoint.pt").unlink()
+    shutil.rmtree(run / "policies")  # here: none at all, so a new pick could not be made
     again = [*argv[:2], "--out", str(tmp_path / "ds2"), *argv[4:], "--scratch", str(tmp_path / "replay")]
     script.main(again)
     assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["replay_checkpoint"] == \
         "rerun, checked"
-    first, second = (datasets.load_transitions("diffrl/hopper/medium-replay-v0", tmp_path / d) for d in ("ds", "ds2"))
-    for name in ("observations", "actions", "rewards", "next_observations", "terminals"):
-        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["expert"] == \
+        str(tmp_path / "policies" / "Hopper-v5" / "step400.pt")
+    for ds_id in ("diffrl/hopper/medium-replay-v0", "diffrl/hopper/expert-v0"):
+        first, second = (datasets.load_transitions(ds_id, tmp_path / d) for d in ("ds", "ds2"))
+        for name in ("observations", "actions", "rewards", "next_observations", "terminals"):
+            np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
     # a rerun that is not the original (here: one archived episode return changed) makes nothing
     rows = (run / "episodes.csv").read_text().splitlines()
     cells = rows[1].split(",")  # step, episode, return, length, success

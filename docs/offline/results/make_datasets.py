@@ -19,9 +19,10 @@ Multi-Agent MuJoCo datasets use the same policies on the partitions' single-agen
 (rerunning goes on where it stopped). Writes ``made.json`` to ``--record`` (default: this folder): the run picked
 and every seed's last return, the policies picked, their returns and the datasets made; the two picked actors of
 each task are copied to ``--record``/policies/TASK/ (the run's archive keeps only every 50k steps' snapshot and the
-last, the medium one is usually between). From made.json it writes the tables of docs/offline.rst and docs/marl.rst,
-``datasets.rst`` and ``datasets-marl.rst`` (``--tables-only`` rewrites them alone; tests/test_datasets.py checks
-that the committed ones are what made.json gives).
+last, the medium one is usually between); where made.json has a pick whose kept snapshots are there, that pick is
+used again (:func:`picked`; ``--repick`` picks anew). From made.json it writes the tables of docs/offline.rst and
+docs/marl.rst, ``datasets.rst`` and ``datasets-marl.rst`` (``--tables-only`` rewrites them alone;
+tests/test_datasets.py checks that the committed ones are what made.json gives).
 """
 
 from __future__ import annotations
@@ -113,6 +114,30 @@ def pick_run(runs: Path, task: str, seeds: list[int]) -> tuple[Path, dict[str, f
     return runs / task / "sac" / f"seed{best}", finals
 
 
+def picked(runs: Path, task: str, seeds: list[int], record: Path,
+           previous: dict[str, Any]) -> tuple[Path, dict[str, Any], bool]:
+    """The task's run and behaviour policies, and whether they are made.json's earlier pick. That pick is kept
+    where its two snapshots are (``record``/policies/TASK/): a run restored from its archive on another machine
+    has only every 50k steps' snapshot and the last, so picking again there could give another medium policy.
+    Otherwise a new pick (:func:`pick_run`, :func:`diffrl_ref.rl.datasets.behaviour_policies`) whose two actors
+    are then kept beside made.json (a few hundred kB each), so the medium and expert sets can be remade from
+    the repository."""
+    old = previous.get("policies", {}).get(task)
+    if old and all((record / old.get(f"{k}_kept", "-")).is_file() for k in ("medium", "expert")):
+        pick = dict(old) | {k: str(record / old[f"{k}_kept"]) for k in ("medium", "expert")}
+        return runs / old["run"], pick, True
+    run, finals = pick_run(runs, task, seeds)
+    pick = {"run": run.relative_to(runs).as_posix(), "final_returns": finals, **datasets.behaviour_policies(run)}
+    kept = record / "policies" / task
+    kept.mkdir(parents=True, exist_ok=True)
+    for stale in set(kept.glob("step*.pt")) - {kept / Path(pick[k]).name for k in ("medium", "expert")}:
+        stale.unlink()  # a snapshot an earlier pick kept
+    for kind in ("medium", "expert"):
+        shutil.copyfile(pick[kind], kept / Path(pick[kind]).name)
+        pick[f"{kind}_kept"] = str((kept / Path(pick[kind]).name).relative_to(record))
+    return run, pick, False
+
+
 def _num(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{x:,.{digits}f}"
 
@@ -192,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the SAC seeds to pick each task's run from (default: the campaign's 0 1 2)")
     p.add_argument("--scratch", default="runs/replay",
                    help="where a run without checkpoint.pt is rerun for medium-replay (default: runs/replay)")
+    p.add_argument("--repick", action="store_true",
+                   help="pick the behaviour policies again even where made.json has a pick with its kept snapshots")
     p.add_argument("--tables-only", action="store_true",
                    help="only rewrite datasets.rst and datasets-marl.rst from --record's made.json")
     args = p.parse_args(argv)
@@ -204,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.runs and args.out):
         p.error("--runs and --out are required (but for --tables-only)")
     root = Path(args.out)
+    made_json = Path(args.record) / "made.json"
+    previous = json.loads(made_json.read_text()) if made_json.is_file() else {}
     record: dict[str, dict[str, Any]] = {"datasets": {}, "policies": {}}
     wanted = set(args.tasks) if args.tasks else set(SINGLE) | set(MULTI)
     jobs: list[tuple[str, str, tuple[str, ...]]] = [(e, e, k) for e, k in SINGLE.items()]
@@ -211,22 +240,13 @@ def main(argv: list[str] | None = None) -> None:
     for env, task, kinds in jobs:
         if env not in wanted:
             continue
-        run, finals = pick_run(Path(args.runs), task, args.seeds)
-        pick: dict[str, Any] = {"run": run.relative_to(args.runs).as_posix(), "final_returns": finals,
-                                **datasets.behaviour_policies(run)}
-        # the two picked actors are kept beside made.json (a few hundred kB each; the run's archive keeps only
-        # every 50k and the last), so the medium and expert sets can be remade from the repository
-        kept = Path(args.record) / "policies" / task
-        kept.mkdir(parents=True, exist_ok=True)
-        for old in set(kept.glob("step*.pt")) - {kept / Path(pick[k]).name for k in ("medium", "expert")}:
-            old.unlink()  # a snapshot an earlier pick kept
-        for kind in ("medium", "expert"):
-            shutil.copyfile(pick[kind], kept / Path(pick[kind]).name)
-            pick[f"{kind}_kept"] = str((kept / Path(pick[kind]).name).relative_to(Path(args.record)))
+        run, pick, reused = picked(Path(args.runs), task, args.seeds, Path(args.record),
+                                   {} if args.repick else previous)
         record["policies"][task] = pick
         print(f"make_datasets: {task}: expert step {pick['expert_step']:,} (return {pick['expert_return']:.1f}), "
               f"medium step {pick['medium_step']:,} (return {pick['medium_return']:.1f}, "
-              f"{pick['fraction']:.2f} of the expert's; {pick['rule']})", flush=True)
+              f"{pick['fraction']:.2f} of the expert's; {pick['rule']})"
+              f"{'; the pick of made.json, from its kept snapshots' if reused else ''}", flush=True)
         expert_return = None
         for kind in kinds:
             if kind == "medium-replay":  # the run's buffer up to the medium snapshot: its first rows
