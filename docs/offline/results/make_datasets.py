@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from diffrl_ref import cli
-from diffrl_ref.rl import datasets, logs
+from diffrl_ref.rl import datasets, logs, report
 
 #: task -> the kinds made for the results (docs/offline.rst, docs/marl.rst); the expert set comes first
 SINGLE = {"HalfCheetah-v5": ("expert", "medium"), "Hopper-v5": ("expert", "medium-replay"),
@@ -190,7 +190,8 @@ def tables(made: dict[str, Any], envs: list[str]) -> str:
         else:
             pols = "; ".join(f"{q['role']} ``{q['name']}`` at {q['step']:,}" for q in d["policies"])
         lo, hi, avg = d["ref_min_score"], d["ref_max_score"], d["average_return"]
-        norm = None if None in (lo, hi, avg) or hi == lo else 100 * (avg - lo) / (hi - lo)
+        ref = report.Reference(lo, hi, avg, d)  # the results tables' normalised scale
+        norm = ref.score(avg) if ref.scaled and avg is not None else None
         out += [f"   * - ``{ds_id}``", f"     - {pols}", f"     - {d['transitions']:,}", f"     - {d['episodes']:,}",
                 f"     - {_num(avg)} ± {_num(d['std_return'])} ({d['episodes_averaged']:,} episodes)",
                 f"     - {_num(norm)}", f"     - {_num(lo)}", f"     - {_num(hi)}"]
@@ -222,17 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tables-only", action="store_true",
                    help="only rewrite datasets.rst and datasets-marl.rst from --record's made.json")
     args = p.parse_args(argv)
-    if args.tables_only:
-        made_json = Path(args.record) / "made.json"  # none yet: the tables say so
-        made = json.loads(made_json.read_text()) if made_json.is_file() else {"datasets": {}, "policies": {}}
-        for q in write_tables(made, Path(args.record)):
+    made_json = Path(args.record) / "made.json"
+    previous = json.loads(made_json.read_text()) if made_json.is_file() else {"datasets": {}, "policies": {}}
+    if args.tables_only:  # no made.json yet: the tables say so
+        for q in write_tables(previous, Path(args.record)):
             print(f"make_datasets: wrote {q}")
         return
     if not (args.runs and args.out):
         p.error("--runs and --out are required (but for --tables-only)")
     root = Path(args.out)
-    made_json = Path(args.record) / "made.json"
-    previous = json.loads(made_json.read_text()) if made_json.is_file() else {}
     record: dict[str, dict[str, Any]] = {"datasets": {}, "policies": {}}
     wanted = set(args.tasks) if args.tasks else set(SINGLE) | set(MULTI)
     jobs: list[tuple[str, str, tuple[str, ...]]] = [(e, e, k) for e, k in SINGLE.items()]
@@ -259,9 +258,8 @@ def main(argv: list[str] | None = None) -> None:
             record["datasets"][ds_id] = rec
             if kind == "expert":
                 expert_return = rec["ref_max_score"]
-    out = Path(args.record) / "made.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"make_datasets: wrote {out}")
+    made_json.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"make_datasets: wrote {made_json}")
     for q in write_tables(record, Path(args.record)):
         print(f"make_datasets: wrote {q}")
 
