@@ -1,9 +1,9 @@
 #!/bin/bash
 # The open issues' campaigns in the order they need each other, resumable: the Diff-SR ablation (issue 17); the
 # 200k-step campaign's SAC runs on HalfCheetah, Hopper and Walker2d (three seeds: the offline datasets' behaviour
-# policies come from the best of them, make_datasets.py's pick_run), the datasets then made beside the rest of
-# the campaign (issue 18), so that they are made and checked early, not after the whole campaign; the offline
-# results (issue 19); the multi-agent results (issue 20). A session's commands are killed when it ends, so
+# policies come from the best of them, make_datasets.py's pick_run), the rest of the campaign
+# (issue 18), the datasets (made and committed once already; a new machine makes them again, the same sets);
+# the offline results (issue 19); the multi-agent results (issue 20). A session's commands are killed when it ends, so
 # start this at the beginning of every session (repository root, the project's venv active) and leave it in
 # the background:
 #   setsid nohup bash docs/campaigns/pipeline.sh > runs/pipeline.log 2>&1 < /dev/null &
@@ -38,21 +38,17 @@ stage() {  # GRID SWEEP_DIR BATCH_DIR [diffrl sweep's cell filters]
 stage docs/rl/2026-12-06-ablation/grid.yaml runs/ablation docs/rl/2026-12-06-ablation || exit 1
 stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k \
   --groups sac --envs HalfCheetah-v5 Hopper-v5 Walker2d-v5 || exit 1
-# the datasets are made (one process, about an hour or two) beside the rest of the campaign: no core idles
-# made.json, its tables (datasets*.rst) and the two policies kept per task (the medium one is not in the run's
-# archive) are committed at once (a few tries: the archive loop may hold git's index lock; nothing to commit on a
-# rerun is no failure)
-{ python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets > runs/datasets.log 2>&1 || exit 1
-  files=(docs/offline/results/made.json docs/offline/results/datasets.rst docs/offline/results/datasets-marl.rst
-        docs/offline/results/policies)
-  for _ in 1 2 3; do
-    git add "${files[@]}" && { git diff --cached --quiet -- docs/offline/results || git commit -q -m \
-      "Offline datasets made: made.json, its tables and the behaviour policies kept" -- "${files[@]}"; } && break
-    sleep 10
-  done; } &
-made=$!
 stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k || exit 1
-wait "$made" || { echo "pipeline: make_datasets.py failed (runs/datasets.log)"; exit 1; }
+# the offline datasets (made.json's picks from the kept policies; about two CPU-hours for the twelve sets) are
+# made before the stage that reads them, not beside the campaign: on a new machine the campaign's two runs
+# would share their two cores with it. made.json, its tables (datasets*.rst) and the kept policies are
+# committed when they changed (nothing to commit on a machine that remakes the same sets is no failure).
+python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets > runs/datasets.log 2>&1 \
+  || { echo "pipeline: make_datasets.py failed (runs/datasets.log)"; exit 1; }
+files=(docs/offline/results/made.json docs/offline/results/datasets.rst docs/offline/results/datasets-marl.rst
+       docs/offline/results/policies)
+git add "${files[@]}" && { git diff --cached --quiet -- docs/offline/results || git commit -q -m \
+  "Offline datasets made: made.json, its tables and the behaviour policies kept" -- "${files[@]}"; }
 stage docs/offline/results/grid.yaml runs/offline docs/offline/results || exit 1
 stage docs/marl/results/grid.yaml runs/marl docs/marl/results || exit 1
 echo "pipeline: $(date -u '+%F %T') UTC: every stage finished"
