@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 pytest.importorskip("gymnasium")
 pytest.importorskip("ray")
 
-from runs_util import log_rows  # noqa: E402
+from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.rl import sweep  # noqa: E402
@@ -162,3 +164,44 @@ def test_committed_grids_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv("DIFFRL_D3RLPY_PYTHON", sys.executable)  # only its presence is checked at load
     cells = sweep.load_grid(path)
     assert cells and len({c.label() for c in cells}) == len(cells)
+
+
+def test_carry_moves_an_unfinished_run_to_a_new_machine(tmp_path: Path) -> None:
+    """docs/campaigns/carry.sh: ``save`` packs the run in flight (not the finished one, nor one over the cap);
+    ``restore`` on a new machine (the archived logs copied back, as pipeline.sh does) unpacks it, skips an old
+    pack of a run the archive has finished, and the run resumes from its checkpoint to the logs of a run never
+    interrupted."""
+    carry = Path(__file__).resolve().parent.parent / "docs" / "campaigns" / "carry.sh"
+    old, batch, new = tmp_path / "old", tmp_path / "batch", tmp_path / "new"
+    hp = [x for kv in TINY.strip("{").split(", ") for x in ("--hp", kv.replace(": ", "="))]
+    rel = Path("InvertedPendulum-v5") / "small"
+
+    def argv(out: Path, seed: int, steps: int = 900) -> list[str]:
+        return ["train", "diffsr", "--env", "InvertedPendulum-v5", "--steps", str(steps), "--seed", str(seed),
+                "--out", str(out), "--eval-every", "300", "--eval-episodes", "2", "--checkpoint-every", "150",
+                "--log-every", "50", "--threads", "1", "--no-progress", "--skip-conformance", *hp]
+
+    def run(*args: str, cap: str = "8") -> str:
+        done = subprocess.run(["bash", str(carry), *args], capture_output=True, text=True, check=True,
+                              env={**os.environ, "CARRY_CAP_MB": cap})
+        return done.stdout
+
+    assert cli.main(argv(old / rel / "seed0", 0, 300)) == 0  # finished
+    stop_after_checkpoint(argv(old / rel / "seed1", 1), old / rel / "seed1", 450, timeout=300)  # in flight
+    assert cli.main(argv(tmp_path / "straight", 1)) == 0
+    assert "not kept" in run("save", str(old), str(batch), cap="0") and not (batch / "inflight").exists()
+    assert "seed1 packed" in run("save", str(old), str(batch))
+    packs = sorted(p.relative_to(batch / "inflight") for p in (batch / "inflight").rglob("*.tar.xz"))
+    assert packs == [rel / "seed1.tar.xz"]
+    # the archive (logs, no checkpoints) and a pack of seed0 left from an earlier stop, before seed0 finished
+    shutil.copytree(old, batch / "runs", ignore=shutil.ignore_patterns("checkpoint.pt", "tb", ".lock"))
+    shutil.copy(batch / "inflight" / packs[0], batch / "inflight" / rel / "seed0.tar.xz")
+    shutil.copytree(batch / "runs", new)
+    said = run("restore", str(new), str(batch))
+    assert "seed0 finished in the archive" in said and "seed1 unpacked" in said, said
+    assert (new / rel / "seed0" / "done.json").exists() and not (new / rel / "seed0" / "checkpoint.pt").exists()
+    assert cli.main(argv(new / rel / "seed1", 1)) == 0
+    starts = [json.loads(line)["kind"] for line in (new / rel / "seed1" / "starts.jsonl").read_text().splitlines()]
+    assert starts == ["fresh", "resume"]
+    for name in LOGS:
+        assert log_rows(new / rel / "seed1" / name) == log_rows(tmp_path / "straight" / name), name

@@ -10,8 +10,11 @@
 # Rerunning goes on where the last one stopped: a finished sweep returns at once (its cells are done), an
 # unfinished one resumes its runs from their checkpoints. Each stage restores its batch's archived runs into
 # the sweep folder when the folder is missing (a new machine: finished cells are then skipped, unfinished ones
-# start over, since checkpoints are not archived), commits each run as it finishes (archive_loop.sh), and
-# archives once more at its end. A stage whose sweep fails stops the pipeline (the log names the cells).
+# resume from the checkpoint carry.sh packed at the last stop, or start over where none was packed), commits
+# each run as it finishes (archive_loop.sh), and archives once more at its end. Before a session stops:
+#   for s in campaign:docs/rl/campaign-200k offline:docs/offline/results marl:docs/marl/results; do
+#     [ -d runs/${s%%:*} ] && bash docs/campaigns/carry.sh save runs/${s%%:*} ${s#*:}; done   # then commit them
+# A stage whose sweep fails stops the pipeline (the log names the cells).
 # The offline baselines need d3rlpy's environment: .tox/d3rlpy in the checkout, or DIFFRL_D3RLPY_PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,8 +22,8 @@ cd "$(dirname "$0")/../.."
 stage() {  # GRID SWEEP_DIR BATCH_DIR [diffrl sweep's cell filters]
   local grid=$1 out=$2 batch=$3 loop rc
   shift 3
-  if [ ! -d "$out" ] && [ -d "$batch/runs" ]; then
-    mkdir -p "$out" && cp -r "$batch/runs/." "$out/"
+  if [ ! -d "$out" ] && [ -d "$batch/runs" ]; then  # a new machine: the archive, then the runs carried in flight
+    mkdir -p "$out" && cp -r "$batch/runs/." "$out/" && bash docs/campaigns/carry.sh restore "$out" "$batch"
   fi
   echo "pipeline: $(date -u '+%F %T') UTC: $grid -> $out $*"
   bash docs/campaigns/archive_loop.sh "$out" "$batch" &
