@@ -463,13 +463,24 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     before = (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns
     stale = tmp_path / "policies" / "Hopper-v5" / "step300.pt"  # kept by an earlier pick
     stale.write_bytes(b"")
+    # another task's entries (here: Hopper's renamed) stay in made.json when --tasks leaves that task out
+    other = json.loads((tmp_path / "made.json").read_text())
+    walker = other["datasets"]["diffrl/hopper/expert-v0"] | {"env": "Walker2d-v5"}
+    other["datasets"]["diffrl/walker2d/medium-v0"] = walker
+    other["policies"]["Walker2d-v5"] = other["policies"]["Hopper-v5"]
+    (tmp_path / "made.json").write_text(json.dumps(other))
     script.main(argv)  # everything exists: kept, not remade; made.json's pick used again, from its kept snapshots
+    kept_too = json.loads((tmp_path / "made.json").read_text())
+    assert kept_too["datasets"]["diffrl/walker2d/medium-v0"] == other["datasets"]["diffrl/walker2d/medium-v0"]
+    assert kept_too["policies"]["Walker2d-v5"] == other["policies"]["Walker2d-v5"]
     assert (tmp_path / "ds" / "diffrl/hopper/expert-v0").stat().st_mtime_ns == before
+    # paths in made.json are relative, never this machine's (the committed one once held absolute ones)
     assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["expert"] == \
-        str(tmp_path / "policies" / "Hopper-v5" / "step400.pt")
+        "Hopper-v5/sac/seed0/policies/step400.pt"
     script.main([*argv, "--repick"])  # a new pick from the run: what it does not keep goes
     assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["expert"] == \
-        str(run / "policies" / "step400.pt")
+        "Hopper-v5/sac/seed0/policies/step400.pt"
+    assert str(tmp_path) not in (tmp_path / "made.json").read_text()
     assert sorted(q.name for q in (tmp_path / "policies" / "Hopper-v5").iterdir()) == ["step200.pt", "step400.pt"]
 
     # a machine without the run's checkpoint.pt and the snapshots between 50k steps (neither is archived): the
@@ -482,7 +493,7 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["replay_checkpoint"] == \
         "rerun, checked"
     assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["expert"] == \
-        str(tmp_path / "policies" / "Hopper-v5" / "step400.pt")
+        "Hopper-v5/sac/seed0/policies/step400.pt"
     for ds_id in ("diffrl/hopper/medium-replay-v0", "diffrl/hopper/expert-v0"):
         first, second = (datasets.load_transitions(ds_id, tmp_path / d) for d in ("ds", "ds2"))
         for name in ("observations", "actions", "rewards", "next_observations", "terminals"):

@@ -124,17 +124,22 @@ def picked(runs: Path, task: str, seeds: list[int], record: Path,
     the repository."""
     old = previous.get("policies", {}).get(task)
     if old and all((record / old.get(f"{k}_kept", "-")).is_file() for k in ("medium", "expert")):
-        pick = dict(old) | {k: str(record / old[f"{k}_kept"]) for k in ("medium", "expert")}
-        return runs / old["run"], pick, True
+        # made.json of 2026-12-07 held the kept copies' absolute paths here: the snapshot in the run, as below
+        return runs / old["run"], old | {k: f"{old['run']}/policies/{Path(old[k]).name}"
+                                         for k in ("medium", "expert")}, True
     run, finals = pick_run(runs, task, seeds)
-    pick = {"run": run.relative_to(runs).as_posix(), "final_returns": finals, **datasets.behaviour_policies(run)}
+    found = datasets.behaviour_policies(run)
+    pick = {"run": run.relative_to(runs).as_posix(), "final_returns": finals, **found}
     kept = record / "policies" / task
     kept.mkdir(parents=True, exist_ok=True)
-    for stale in set(kept.glob("step*.pt")) - {kept / Path(pick[k]).name for k in ("medium", "expert")}:
+    for stale in set(kept.glob("step*.pt")) - {kept / Path(found[k]).name for k in ("medium", "expert")}:
         stale.unlink()  # a snapshot an earlier pick kept
     for kind in ("medium", "expert"):
-        shutil.copyfile(pick[kind], kept / Path(pick[kind]).name)
-        pick[f"{kind}_kept"] = str((kept / Path(pick[kind]).name).relative_to(record))
+        snapshot = Path(found[kind])
+        shutil.copyfile(snapshot, kept / snapshot.name)
+        # paths in made.json are relative (to --runs, and to made.json's folder), not this machine's
+        pick[kind] = snapshot.relative_to(runs).as_posix()
+        pick[f"{kind}_kept"] = (kept / snapshot.name).relative_to(record).as_posix()
     return run, pick, False
 
 
@@ -232,10 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.runs and args.out):
         p.error("--runs and --out are required (but for --tables-only)")
     root = Path(args.out)
-    record: dict[str, dict[str, Any]] = {"datasets": {}, "policies": {}}
     wanted = set(args.tasks) if args.tasks else set(SINGLE) | set(MULTI)
     jobs: list[tuple[str, str, tuple[str, ...]]] = [(e, e, k) for e, k in SINGLE.items()]
     jobs += [(part, task, kinds) for part, (task, kinds) in MULTI.items()]
+    used = {task for env, task, _ in jobs if env in wanted}
+    # made.json keeps what --tasks leaves out
+    record: dict[str, dict[str, Any]] = {
+        "datasets": {i: d for i, d in previous["datasets"].items() if d.get("env") not in wanted},
+        "policies": {t: q for t, q in previous["policies"].items() if t not in used}}
     for env, task, kinds in jobs:
         if env not in wanted:
             continue
@@ -253,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
                 pick["replay_checkpoint"] = "the run's own" if replay == run / "checkpoint.pt" else "rerun, checked"
                 ds_id = make(env, kind, replay, root, pick["medium_step"], expert_return)
             else:
-                ds_id = make(env, kind, Path(pick[kind]), root, args.size, expert_return)
+                ds_id = make(env, kind, Path(args.record) / pick[f"{kind}_kept"], root, args.size, expert_return)
             rec = datasets.record(ds_id, root)
             record["datasets"][ds_id] = rec
             if kind == "expert":
