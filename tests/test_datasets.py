@@ -488,12 +488,23 @@ def test_results_datasets_script(tmp_path: Path) -> None:
     # against its archived training episodes, and gives the same medium-replay data
     (run / "checkpoint.pt").unlink()
     shutil.rmtree(run / "policies")  # here: none at all, so a new pick could not be made
+    records = json.loads((tmp_path / "made.json").read_text())["datasets"]
+    assert all(len(r["sha256"]) == 64 for r in records.values())
     again = [*argv[:2], "--out", str(tmp_path / "ds2"), *argv[4:], "--scratch", str(tmp_path / "replay")]
     script.main(again)
     assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["replay_checkpoint"] == \
         "rerun, checked"
     assert json.loads((tmp_path / "made.json").read_text())["policies"]["Hopper-v5"]["expert"] == \
         "Hopper-v5/sac/seed0/policies/step400.pt"
+    # made.json keeps the first make's records: the data made again have their digest
+    assert json.loads((tmp_path / "made.json").read_text())["datasets"] == records
+    # a dataset made again that differs from made.json's (here: its digest changed in made.json) stops the script
+    tampered = json.loads((tmp_path / "made.json").read_text())
+    tampered["datasets"]["diffrl/hopper/expert-v0"]["sha256"] = "0" * 64
+    (tmp_path / "made.json").write_text(json.dumps(tampered))
+    with pytest.raises(SystemExit, match="diffrl/hopper/expert-v0 made again differs from made.json's"):
+        script.main([*again[:3], str(tmp_path / "ds3"), *again[4:]])
+    (tmp_path / "made.json").write_text(json.dumps(tampered | {"datasets": records}))
     for ds_id in ("diffrl/hopper/medium-replay-v0", "diffrl/hopper/expert-v0"):
         first, second = (datasets.load_transitions(ds_id, tmp_path / d) for d in ("ds", "ds2"))
         for name in ("observations", "actions", "rewards", "next_observations", "terminals"):

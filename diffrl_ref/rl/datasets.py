@@ -786,6 +786,18 @@ def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
 RECORD = "dataset.json"
 
 
+def _hash_into(digest: Any, part: Any) -> None:
+    """Feed an episode's array (or a dict of arrays, by sorted key) to ``digest``: dtype, shape and bytes."""
+    if isinstance(part, dict):
+        for key in sorted(part):
+            digest.update(str(key).encode())
+            _hash_into(digest, part[key])
+        return
+    a = np.ascontiguousarray(part)
+    digest.update(f"{a.dtype.str}{a.shape}".encode())
+    digest.update(a.tobytes())
+
+
 def record(dataset_id: str, root: Path | str) -> dict[str, Any]:
     """What a results table needs from a dataset, for a run folder's ``dataset.json``: its reference returns
     (the normalised score's random and expert ends) and its own average return (the behaviour data's row),
@@ -793,13 +805,18 @@ def record(dataset_id: str, root: Path | str) -> dict[str, Any]:
 
     The average is over the episodes that ended by a termination or the environment's time limit: the last
     episode cut by ``--size`` (and, in medium-replay, an episode the run's buffer ends in) is left out, as
-    its return is a partial sum."""
+    its return is a partial sum. ``sha256`` digests every episode's observations, actions, rewards,
+    terminations and truncations in order (dtype, shape and bytes): the same data made on another machine
+    give the same digest."""
     with _opened(dataset_id, root) as ds:
         meta = ds.storage.metadata
         prov: dict[str, Any] = meta.get(PROVENANCE) or {}
         limit = prov.get("max_episode_steps")
         returns, lengths, ended = [], [], []
+        digest = hashlib.sha256()
         for ep in ds.iterate_episodes():
+            for part in (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations):
+                _hash_into(digest, part)
             returns.append(float(np.sum(np.asarray(ep.rewards, dtype=np.float64))))
             lengths.append(len(ep.rewards))
             ended.append(bool(np.asarray(ep.terminations)[-1]) or (limit is not None and len(ep.rewards) >= limit))
@@ -815,7 +832,8 @@ def record(dataset_id: str, root: Path | str) -> dict[str, Any]:
             "std_return": float(full.std()) if len(full) else None, "episodes_averaged": int(len(full)),
             "how": "mean (population std) of the undiscounted returns of the episodes that ended by termination "
                    "or the time limit",
-            "created": prov.get("created"), "seed": prov.get("seed"), "versions": prov.get("versions"),
+            "sha256": digest.hexdigest(), "created": prov.get("created"), "seed": prov.get("seed"),
+            "versions": prov.get("versions"),
             "code": meta.get("code_permalink"),
             "policies": [{"role": p.get("role"), "name": p.get("name"), "step": p.get("step"),
                           "evaluation_return": (p.get("evaluation") or {}).get("return_mean")}

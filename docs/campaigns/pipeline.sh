@@ -42,16 +42,21 @@ stage docs/rl/2026-12-06-ablation/grid.yaml runs/ablation docs/rl/2026-12-06-abl
 stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k \
   --groups sac --envs HalfCheetah-v5 Hopper-v5 Walker2d-v5 || exit 1
 stage docs/rl/campaign-200k/grid.yaml runs/campaign docs/rl/campaign-200k || exit 1
-# the offline datasets (made.json's picks from the kept policies; about two CPU-hours for the twelve sets) are
-# made before the stage that reads them, not beside the campaign: on a new machine the campaign's two runs
-# would share their two cores with it. made.json, its tables (datasets*.rst) and the kept policies are
-# committed when they changed (nothing to commit on a machine that remakes the same sets is no failure).
-python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets > runs/datasets.log 2>&1 \
-  || { echo "pipeline: make_datasets.py failed (runs/datasets.log)"; exit 1; }
-files=(docs/offline/results/made.json docs/offline/results/datasets.rst docs/offline/results/datasets-marl.rst
-       docs/offline/results/policies)
-git add "${files[@]}" && { git diff --cached --quiet -- docs/offline/results || git commit -q -m \
-  "Offline datasets made: made.json, its tables and the behaviour policies kept" -- "${files[@]}"; }
+# each stage's datasets (made.json's picks, from the kept policies) are made just before it, not beside the
+# campaign (on a new machine its two runs would share their two cores with a third process), and only the tasks it
+# reads: a new machine makes them again (the same sets; about 50 minutes for the single-agent ones). made.json,
+# its tables (datasets*.rst) and the kept policies are committed when they changed (nothing to commit on a machine
+# that remakes the same sets is no failure).
+datasets() {  # TASK...
+  python docs/offline/results/make_datasets.py --runs runs/campaign --out datasets --tasks "$@" \
+    >> runs/datasets.log 2>&1 || { echo "pipeline: make_datasets.py failed (runs/datasets.log)"; return 1; }
+  local files=(docs/offline/results/made.json docs/offline/results/datasets.rst
+               docs/offline/results/datasets-marl.rst docs/offline/results/policies)
+  git add "${files[@]}" && { git diff --cached --quiet -- docs/offline/results || git commit -q -m \
+    "Offline datasets made: made.json, its tables and the behaviour policies kept" -- "${files[@]}"; }
+}
+datasets HalfCheetah-v5 Hopper-v5 Walker2d-v5 || exit 1
 stage docs/offline/results/grid.yaml runs/offline docs/offline/results || exit 1
+datasets HalfCheetah-2x3 Hopper-3x1 || exit 1
 stage docs/marl/results/grid.yaml runs/marl docs/marl/results || exit 1
 echo "pipeline: $(date -u '+%F %T') UTC: every stage finished"

@@ -20,7 +20,10 @@ Multi-Agent MuJoCo datasets use the same policies on the partitions' single-agen
 and every seed's last return, the policies picked, their returns and the datasets made; the two picked actors of
 each task are copied to ``--record``/policies/TASK/ (the run's archive keeps only every 50k steps' snapshot and the
 last, the medium one is usually between); where made.json has a pick whose kept snapshots are there, that pick is
-used again (:func:`picked`; ``--repick`` picks anew). From made.json it writes the tables of docs/offline.rst and
+used again (:func:`picked`; ``--repick`` picks anew), and each dataset made again from it (a new machine) must have
+the digest made.json records (its ``sha256``, :func:`diffrl_ref.rl.datasets.record`): made.json then keeps the
+first make's record, and a differing one stops the script. ``--tasks`` makes some tasks only; made.json keeps the
+others. From made.json it writes the tables of docs/offline.rst and
 docs/marl.rst, ``datasets.rst`` and ``datasets-marl.rst`` (``--tables-only`` rewrites them alone;
 tests/test_datasets.py checks that the committed ones are what made.json gives).
 """
@@ -264,6 +267,14 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 ds_id = make(env, kind, Path(args.record) / pick[f"{kind}_kept"], root, args.size, expert_return)
             rec = datasets.record(ds_id, root)
+            first = previous["datasets"].get(ds_id) or {}
+            if reused and first.get("sha256"):  # made again (a new machine) from the same pick: the same data
+                if first["sha256"] != rec["sha256"]:
+                    raise SystemExit(f"make_datasets: {ds_id} made again differs from made.json's (sha256 "
+                                     f"{rec['sha256'][:12]}, made.json {first['sha256'][:12]} of "
+                                     f"{first.get('created')}): runs would train on other data than the "
+                                     f"committed ones did; --repick makes the datasets over from a new pick")
+                rec = first  # made.json keeps the first make's record
             record["datasets"][ds_id] = rec
             if kind == "expert":
                 expert_return = rec["ref_max_score"]
