@@ -17,8 +17,9 @@ termination or truncation (the default 1100 steps reach HalfCheetah's 1000-step 
 hashes (SHA-256) the float64 bytes of the observations (reset observations included), rewards,
 terminated and truncated arrays, and of the spaces' bounds. Then it runs the project's evaluation protocol
 itself, ``diffrl_ref.rl.envs.evaluate`` on ``envs.make(task, 0, evaluation=True)`` (imported from this
-checkout; that module needs only gymnasium and numpy) with a fixed linear tanh policy, and records its
-result (mean and std of the return, mean length) exactly. ``--compare A B`` prints equal/different per task
+checkout; that module needs only gymnasium and numpy) with a fixed linear policy clipped to [-1, 1], its
+sums exactly rounded so that the result does not depend on the CPU, and records its result (mean and std of
+the return, mean length) exactly. ``--compare A B`` prints equal/different per task
 (and which parts differ) and exits 1 if any differs or is missing.
 """
 
@@ -28,6 +29,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
+import math
 import platform
 import sys
 import warnings
@@ -84,17 +86,22 @@ def rollout(task: str, steps: int) -> dict[str, Any]:
 
 def project_evaluation(task: str, episodes: int) -> dict[str, float]:
     """The project's evaluation protocol itself (``diffrl_ref.rl.envs.evaluate`` on ``envs.make(task, 0,
-    evaluation=True)``, imported from this checkout) with a fixed linear tanh policy: its result dict."""
+    evaluation=True)``, imported from this checkout) with a fixed linear policy, clipped, in exactly rounded
+    arithmetic: its result dict."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from diffrl_ref.rl import envs
 
     env = envs.make(task, 0, evaluation=True)
     rng = np.random.default_rng(ACTION_SEED)
-    w = rng.normal(0.0, 0.3, (env.action_space.shape[0], env.observation_space.shape[0])).astype(np.float32)
+    w = rng.normal(0.0, 0.3, (env.action_space.shape[0], env.observation_space.shape[0])).tolist()
 
     def policy(obs: np.ndarray) -> np.ndarray:
-        out: np.ndarray = np.tanh(w @ obs)
-        return out
+        # exactly rounded dot products (math.fsum of float64 products) clipped to [-1, 1]: NumPy's matmul and
+        # tanh take CPU-specific kernels, and with them this evaluation differed between two machines with the
+        # same versions (2026-12-07: Hopper in the 8th digit, HalfCheetah entirely) while MuJoCo's arrays agreed
+        x = obs.tolist()
+        return np.array([min(1.0, max(-1.0, math.fsum(wi * xi for wi, xi in zip(row, x, strict=True))))
+                         for row in w])
 
     res: dict[str, float] = envs.evaluate(policy, env, 0, episodes)
     env.close()

@@ -70,7 +70,8 @@ def load_conditions(load_1min: float, threads: int) -> str:
 def machine() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info: dict[str, Any] = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "python": platform.python_version(), "torch": torch.__version__,
                             "platform": platform.platform()}
     try:

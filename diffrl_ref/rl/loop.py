@@ -173,12 +173,16 @@ class State:
 
 
 def record_start(out: Path, kind: str, step: int, device: str) -> None:
-    """Append one line to ``starts.jsonl``: every fresh start and resume, when, where and on what."""
+    """Append one line to ``starts.jsonl``: every fresh start and resume, when, where and on what. The CPU's name
+    does not tell its instruction set, which picks torch's kernels (and so the last bits of a run): torch's CPU
+    capability (``AVX2``, ``AVX512``, ...) is recorded beside it; a run resumed on another one goes on from the
+    same state but no longer computes bit for bit what the first machine would have."""
     import datetime
     import platform
 
     line = {"utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "kind": kind, "step": step,
-            "host": platform.node(), "cpu": cpu_model(), "device": device, "threads": torch.get_num_threads(),
+            "host": platform.node(), "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": device, "threads": torch.get_num_threads(),
             "torch": torch.__version__}
     with open(out / "starts.jsonl", "a") as fh:
         fh.write(json.dumps(line) + "\n")

@@ -20,10 +20,10 @@ Multi-Agent MuJoCo datasets use the same policies on the partitions' single-agen
 and every seed's last return, the policies picked, their returns and the datasets made; the two picked actors of
 each task are copied to ``--record``/policies/TASK/ (the run's archive keeps only every 50k steps' snapshot and the
 last, the medium one is usually between); where made.json has a pick whose kept snapshots are there, that pick is
-used again (:func:`picked`; ``--repick`` picks anew), and each dataset made again from it (a new machine) must have
-the digest made.json records (its ``sha256``, :func:`diffrl_ref.rl.datasets.record`): made.json then keeps the
-first make's record, and a differing one stops the script. ``--tasks`` makes some tasks only; made.json keeps the
-others. From made.json it writes the tables of docs/offline.rst and
+used again (:func:`picked`; ``--repick`` picks anew); a dataset made again from it (a new machine) with the digest
+made.json records (``sha256``, :func:`diffrl_ref.rl.datasets.record`) keeps the first make's record, and one with
+other bits (another kind of CPU) is listed beside it (:func:`again`). ``--tasks`` makes some tasks only; made.json
+keeps the others. From made.json it writes the tables of docs/offline.rst and
 docs/marl.rst, ``datasets.rst`` and ``datasets-marl.rst`` (``--tables-only`` rewrites them alone;
 tests/test_datasets.py checks that the committed ones are what made.json gives).
 """
@@ -146,6 +146,27 @@ def picked(runs: Path, task: str, seeds: list[int], record: Path,
     return run, pick, False
 
 
+def again(first: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
+    """made.json's record of a dataset made again from its pick (a new machine). The same data (same sha256): the
+    first make's record, kept. Other data: the policies' actions come from torch kernels picked by the CPU's
+    instruction set, so another kind of CPU gives other last bits and, over 1M chaotic steps, other episodes. The
+    first record stays, the new make is listed under ``made_again`` (its digest, CPU capability and statistics),
+    a line says so, and the tables show it; each run's dataset.json names the digest it trained on."""
+    if not first.get("sha256"):  # made before records had a digest: the new make's record
+        return rec
+    if first["sha256"] == rec["sha256"]:
+        return first
+    import torch
+
+    print(f"make_datasets: {rec['dataset']} made again is other data than made.json's (sha256 {rec['sha256'][:12]} "
+          f"against {first['sha256'][:12]}, made {first.get('created')}); CPU capability here "
+          f"{torch.backends.cpu.get_cpu_capability()}; listed under made_again", flush=True)
+    listed = [m for m in first.get("made_again", []) if m["sha256"] != rec["sha256"]]
+    keys = ("sha256", "created", "average_return", "std_return", "episodes", "transitions")
+    return first | {"made_again": [*listed, {k: rec[k] for k in keys}
+                                   | {"cpu_capability": torch.backends.cpu.get_cpu_capability()}]}
+
+
 def _num(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{x:,.{digits}f}"
 
@@ -203,6 +224,13 @@ def tables(made: dict[str, Any], envs: list[str]) -> str:
         out += [f"   * - ``{ds_id}``", f"     - {pols}", f"     - {d['transitions']:,}", f"     - {d['episodes']:,}",
                 f"     - {_num(avg)} ± {_num(d['std_return'])} ({d['episodes_averaged']:,} episodes)",
                 f"     - {_num(norm)}", f"     - {_num(lo)}", f"     - {_num(hi)}"]
+    others = [(i, m) for i, d in sorted(rows.items()) for m in d.get("made_again", [])]
+    if others:  # the same pick made again on another kind of CPU: other bits (:func:`again`)
+        out += ["", "Made again from the same policies on another kind of CPU, with other last bits and so other "
+                "episodes (each run's ``dataset.json`` names the digest it trained on):", ""]
+        out += [f"- ``{i}``: {m['created']}, CPU capability {m['cpu_capability']}, sha256 ``{m['sha256'][:12]}``, "
+                f"average return {_num(m['average_return'])} ± {_num(m['std_return'])} over {m['episodes']:,} "
+                f"episodes" for i, m in others]
     return "\n".join(out) + "\n"
 
 
@@ -267,15 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 ds_id = make(env, kind, Path(args.record) / pick[f"{kind}_kept"], root, args.size, expert_return)
             rec = datasets.record(ds_id, root)
-            first = previous["datasets"].get(ds_id) or {}
-            if reused and first.get("sha256"):  # made again (a new machine) from the same pick: the same data
-                if first["sha256"] != rec["sha256"]:
-                    raise SystemExit(f"make_datasets: {ds_id} made again differs from made.json's (sha256 "
-                                     f"{rec['sha256'][:12]}, made.json {first['sha256'][:12]} of "
-                                     f"{first.get('created')}): runs would train on other data than the "
-                                     f"committed ones did; --repick makes the datasets over from a new pick")
-                rec = first  # made.json keeps the first make's record
-            record["datasets"][ds_id] = rec
+            record["datasets"][ds_id] = again(previous["datasets"].get(ds_id) or {}, rec) if reused else rec
             if kind == "expert":
                 expert_return = rec["ref_max_score"]
     made_json.write_text(json.dumps(record, indent=1) + "\n")
