@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("ray")
@@ -19,6 +23,7 @@ pytest.importorskip("ray")
 from runs_util import log_rows, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
+from diffrl_ref.rl import carry as carry_py  # noqa: E402
 from diffrl_ref.rl import sweep  # noqa: E402
 
 TINY = ("{feature_dim: 16, psi_hidden: 16, nu_hidden: 16, rff_dim: 16, hidden: 16, levels: 20, "
@@ -183,7 +188,7 @@ def test_carry_moves_an_unfinished_run_to_a_new_machine(tmp_path: Path) -> None:
 
     def run(*args: str, cap: str = "8") -> str:
         done = subprocess.run(["bash", str(carry), *args], capture_output=True, text=True, check=True,
-                              env={**os.environ, "CARRY_CAP_MB": cap})
+                              env={**os.environ, "CARRY_CAP_MB": cap, "PYTHON": sys.executable})
         return done.stdout
 
     assert cli.main(argv(old / rel / "seed0", 0, 300)) == 0  # finished
@@ -197,9 +202,32 @@ def test_carry_moves_an_unfinished_run_to_a_new_machine(tmp_path: Path) -> None:
     shutil.copytree(old, batch / "runs", ignore=shutil.ignore_patterns("checkpoint.pt", "tb", ".lock"))
     shutil.copy(batch / "inflight" / packs[0], batch / "inflight" / rel / "seed0.tar.xz")
     shutil.copytree(batch / "runs", new)
+    # the pack holds the replay buffer's actions alone and a digest of the whole buffer
+    with tarfile.open(batch / "inflight" / packs[0]) as tar:
+        member = tar.extractfile(f"{rel}/seed1/checkpoint.pt")
+        assert member is not None
+        packed = torch.load(io.BytesIO(member.read()), weights_only=False)["agent"]["buffer"]
+    full = torch.load(old / rel / "seed1" / "checkpoint.pt", weights_only=False)["agent"]["buffer"]
+    assert set(packed) == {"n", "pos", "a", "compact"} and packed["n"] == full["n"] >= 450
+    assert packed["compact"]["sha256"] == carry_py.digest(full)
+    # a buffer that replays to other data (here: one action changed) is not resumed: the run starts over
+    shutil.copytree(old / rel / "seed1", tmp_path / "bad")
+    assert carry_py.compact(old / rel / "seed1" / "checkpoint.pt", tmp_path / "bad" / "checkpoint.pt")
+    bad = torch.load(tmp_path / "bad" / "checkpoint.pt", weights_only=False)
+    bad["agent"]["buffer"]["a"][7, 0] *= 0.5
+    torch.save(bad, tmp_path / "bad" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="another replay buffer"):
+        carry_py.expand(tmp_path / "bad")
+    bad["agent"]["buffer"]["a"][7, 0] /= 0.5  # the same actions, another digest
+    bad["agent"]["buffer"]["compact"]["sha256"] = "0" * 64
+    torch.save(bad, tmp_path / "bad" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="another replay buffer than the one packed .another simulator"):
+        carry_py.expand(tmp_path / "bad")
     said = run("restore", str(new), str(batch))
     assert "seed0 finished in the archive" in said and "seed1 unpacked" in said, said
     assert (new / rel / "seed0" / "done.json").exists() and not (new / rel / "seed0" / "checkpoint.pt").exists()
+    restored = torch.load(new / rel / "seed1" / "checkpoint.pt", weights_only=False)["agent"]["buffer"]
+    assert all(np.array_equal(restored[k], full[k]) for k in carry_py.FIELDS)  # replayed, bit for bit
     assert cli.main(argv(new / rel / "seed1", 1)) == 0
     starts = [json.loads(line)["kind"] for line in (new / rel / "seed1" / "starts.jsonl").read_text().splitlines()]
     assert starts == ["fresh", "resume"]

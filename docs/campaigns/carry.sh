@@ -9,15 +9,18 @@
 # folder then holds exactly the runs in flight now. restore unpacks each pack over the copy of the archive, except
 # where the archive has the run finished (a pack left from an earlier stop). The run then resumes from its
 # checkpoint as after a kill on the same machine (the loop drops the log rows after the checkpoint's step).
-# Cap: a pack whose compressed size is over CARRY_CAP_MB (default 8) is not kept, and that run starts over on a new
+# Cap: a pack whose compressed size is over CARRY_CAP_MB (default 12) is not kept, and that run starts over on a new
 # machine: every pack stays in git's history for good. An offline run's checkpoint (networks and optimisers; its
-# data are the dataset) packs to 6.0 MB (Diffusion-QL) or 6.9 MB (EDP) with HalfCheetah's shapes; an online run's
-# holds its replay buffer too (Diff-SR on HalfCheetah: 8.8 MB packed at 20k steps), so it is over the cap early.
+# data are the dataset) packs to 6.0 MB (Diffusion-QL) or 6.9 MB (EDP) with HalfCheetah's shapes. A Diff-SR run's
+# holds its replay buffer too (8.8 MB packed at 20k steps on HalfCheetah): the pack keeps its actions alone and the
+# restore replays them (diffrl_ref/rl/carry.py), about 6 MB of networks and optimisers plus 24 bytes a step there.
+# SAC's (stable-baselines3's buffer) is packed as it is, so it is over the cap early: a SAC run fits in a session.
 set -euo pipefail
 what=${1:-}; SWEEP=${2:-}; BATCH=${3:-}
 [ "$what" = save ] || [ "$what" = restore ] || { echo "usage: carry.sh save|restore SWEEP_DIR BATCH_DIR" >&2; exit 2; }
 [ -n "$SWEEP" ] && [ -n "$BATCH" ] || { echo "usage: carry.sh save|restore SWEEP_DIR BATCH_DIR" >&2; exit 2; }
-CAP=$(( ${CARRY_CAP_MB:-8} * 1000000 ))
+CAP=$(( ${CARRY_CAP_MB:-12} * 1000000 ))
+PY=${PYTHON:-python}  # the project's venv (diffrl_ref and torch)
 PACKS="$BATCH/inflight"
 
 if [ "$what" = save ]; then
@@ -29,8 +32,13 @@ if [ "$what" = save ]; then
     [ -f "$dir/done.json" ] && continue
     mkdir -p "$(dirname "$PACKS/$rel")"
     tmp="$PACKS/$rel.tar.xz.part"
-    # the checkpoint is replaced atomically by the loop: a pack made while the run trains holds a whole one
-    tar -C "$SWEEP" --exclude=.lock -cf - "$rel" | xz -6 -T1 > "$tmp"
+    # the folder without its lock, and its checkpoint compact (a Diff-SR replay buffer reduced to its actions,
+    # diffrl_ref/rl/carry.py); the loop replaces checkpoint.pt atomically, so a run may go on training meanwhile
+    stage=$(mktemp -d)
+    tar -C "$SWEEP" --exclude=.lock --exclude=checkpoint.pt -cf - "$rel" | tar -C "$stage" -xf -
+    "$PY" -m diffrl_ref.rl.carry compact "$dir/checkpoint.pt" "$stage/$rel/checkpoint.pt" > /dev/null
+    tar -C "$stage" -cf - "$rel" | xz -6 -T1 > "$tmp"
+    rm -rf "$stage"
     size=$(stat -c %s "$tmp")
     if [ "$size" -gt "$CAP" ]; then
       rm "$tmp"
@@ -55,5 +63,10 @@ while IFS= read -r pack; do
   rm -rf "${SWEEP:?}/$rel"
   mkdir -p "$SWEEP"
   xz -dc "$pack" | tar -C "$SWEEP" -xf -
-  echo "carry.sh: $rel unpacked"
+  if "$PY" -m diffrl_ref.rl.carry expand "$SWEEP/$rel" > /dev/null; then
+    echo "carry.sh: $rel unpacked"
+  else  # the replayed buffer is not the packed one (carry.py says why): the run starts over
+    rm -f "$SWEEP/$rel/checkpoint.pt"
+    echo "carry.sh: $rel unpacked without its checkpoint: it starts over"
+  fi
 done < <(find "$PACKS" -name '*.tar.xz' | sort)
