@@ -245,8 +245,9 @@ def test_batched_evaluation_equals_sequential_for_a_deterministic_policy() -> No
 
     def batched(obs: np.ndarray, rows: list[int]) -> np.ndarray:
         calls.append(list(rows))
-        out: np.ndarray = np.tanh(obs @ w)
-        return out
+        # row by row: a (rows, 11) @ (11, 3) product takes another NumPy kernel than one row's, whose last bits
+        # differ on some CPUs (seen 2026-12-07 on an AVX2 machine); this test is about the protocol, not matmul
+        return np.stack([policy(o) for o in obs])
 
     got = envs.evaluate_batched(batched, [envs.make(env_id, 4, evaluation=True) for _ in range(3)], 4)
     assert got == seq
