@@ -26,17 +26,16 @@ import numpy as np
 import torch
 
 from . import envs
-from .logs import atomic_write
+from .logs import atomic_write, hash_into
 
 FIELDS = ("s", "a", "r", "s_next", "done")  # diffsr.ReplayBuffer.state_dict's arrays
 
 
 def digest(buffer: dict[str, Any]) -> str:
     h = hashlib.sha256()
-    for k in FIELDS:
-        a = np.ascontiguousarray(buffer[k])
-        h.update(f"{k}{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
+    for k in FIELDS:  # in FIELDS' order (the packs committed on 2026-12-07 were digested so)
+        h.update(k.encode())
+        hash_into(h, buffer[k])
     return h.hexdigest()
 
 

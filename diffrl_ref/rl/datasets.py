@@ -97,7 +97,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import envs, marl
+from . import envs, logs, marl
 
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 #: the --policy arguments each kind takes, in order
@@ -786,18 +786,6 @@ def load_transitions(dataset_id: str, root: Path | str) -> Transitions:
 RECORD = "dataset.json"
 
 
-def _hash_into(digest: Any, part: Any) -> None:
-    """Feed an episode's array (or a dict of arrays, by sorted key) to ``digest``: dtype, shape and bytes."""
-    if isinstance(part, dict):
-        for key in sorted(part):
-            digest.update(str(key).encode())
-            _hash_into(digest, part[key])
-        return
-    a = np.ascontiguousarray(part)
-    digest.update(f"{a.dtype.str}{a.shape}".encode())
-    digest.update(a.tobytes())
-
-
 def record(dataset_id: str, root: Path | str) -> dict[str, Any]:
     """What a results table needs from a dataset, for a run folder's ``dataset.json``: its reference returns
     (the normalised score's random and expert ends) and its own average return (the behaviour data's row),
@@ -816,7 +804,7 @@ def record(dataset_id: str, root: Path | str) -> dict[str, Any]:
         digest = hashlib.sha256()
         for ep in ds.iterate_episodes():
             for part in (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations):
-                _hash_into(digest, part)
+                logs.hash_into(digest, part)
             returns.append(float(np.sum(np.asarray(ep.rewards, dtype=np.float64))))
             lengths.append(len(ep.rewards))
             ended.append(bool(np.asarray(ep.terminations)[-1]) or (limit is not None and len(ep.rewards) >= limit))

@@ -10,10 +10,25 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 FORMAT = 1
 EVAL_COLUMNS = ["step", "return_mean", "return_std", "length_mean", "success_rate", "train_seconds"]
 TRAIN_COLUMNS = ["step", "steps_per_s", "critic_loss", "actor_loss", "alpha", "rep_loss"]
 EPISODE_COLUMNS = ["step", "episode", "return", "length", "success"]
+
+
+def hash_into(digest: Any, part: Any) -> None:
+    """Feed an array (or a dict of arrays, by sorted key) to a hashlib ``digest``: dtype, shape and bytes, so that
+    the same data give the same digest on any machine (a dataset's record, a carried replay buffer)."""
+    if isinstance(part, dict):
+        for key in sorted(part):
+            digest.update(str(key).encode())
+            hash_into(digest, part[key])
+        return
+    a = np.ascontiguousarray(part)
+    digest.update(f"{a.dtype.str}{a.shape}".encode())
+    digest.update(a.tobytes())
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -127,9 +127,7 @@ def picked(runs: Path, task: str, seeds: list[int], record: Path,
     the repository."""
     old = previous.get("policies", {}).get(task)
     if old and all((record / old.get(f"{k}_kept", "-")).is_file() for k in ("medium", "expert")):
-        # made.json of 2026-12-07 held the kept copies' absolute paths here: the snapshot in the run, as below
-        return runs / old["run"], old | {k: f"{old['run']}/policies/{Path(old[k]).name}"
-                                         for k in ("medium", "expert")}, True
+        return runs / old["run"], old, True
     run, finals = pick_run(runs, task, seeds)
     found = datasets.behaviour_policies(run)
     pick = {"run": run.relative_to(runs).as_posix(), "final_returns": finals, **found}
@@ -158,13 +156,13 @@ def again(first: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
         return first
     import torch
 
+    here = torch.backends.cpu.get_cpu_capability()
     print(f"make_datasets: {rec['dataset']} made again is other data than made.json's (sha256 {rec['sha256'][:12]} "
-          f"against {first['sha256'][:12]}, made {first.get('created')}); CPU capability here "
-          f"{torch.backends.cpu.get_cpu_capability()}; listed under made_again", flush=True)
+          f"against {first['sha256'][:12]}, made {first.get('created')}); CPU capability here {here}; listed under "
+          f"made_again", flush=True)
     listed = [m for m in first.get("made_again", []) if m["sha256"] != rec["sha256"]]
     keys = ("sha256", "created", "average_return", "std_return", "episodes", "transitions")
-    return first | {"made_again": [*listed, {k: rec[k] for k in keys}
-                                   | {"cpu_capability": torch.backends.cpu.get_cpu_capability()}]}
+    return first | {"made_again": [*listed, {k: rec[k] for k in keys} | {"cpu_capability": here}]}
 
 
 def _num(x: float | None, digits: int = 1) -> str:
