@@ -25,7 +25,8 @@ Cells run task by task, in the grid's order of envs (then datasets), and within 
 seed. The cell (env or dataset, group, seed) runs in ``DIR/ENV/NAME/seedSEED`` (NAME: the group's ``name``, by default
 its algorithm), exactly as ``diffrl train ALGO --env ENV --seed SEED --steps STEPS --hp ... --out`` that
 folder would. Rerunning the sweep skips finished cells (their ``done.json``) and resumes the others from
-their checkpoints; a cell that fails is reported and retried once while the others go on. Without
+their checkpoints; a cell that fails is reported and retried once, before any cell not yet started (it resumes
+from its checkpoint), while the others go on. Without
 ``--address`` a local Ray instance with ``--runs-at-once`` CPUs is started, each run using
 ``--threads`` torch threads; with it, the cells go to that Ray cluster, whose workers must see ``DIR``.
 ``--groups``, ``--envs`` and ``--seeds`` run only the matching cells (a campaign's first runs, which another
@@ -34,6 +35,7 @@ stage waits for); the others are left as they are.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -300,15 +302,22 @@ def main(grid_path: Path, out: Path, runs_at_once: int | None, address: str | No
     else:
         ray.init(num_cpus=cpus * threads, include_dashboard=False, log_to_driver=False)
     remote = ray.remote(num_cpus=threads, max_retries=0)(run_cell)
+    # Only as many cells are handed to Ray as can run; the rest wait here in the grid's order, so that a cell
+    # that failed (a worker killed) goes back to the front and resumes from its checkpoint at once, not after
+    # every cell of the grid (Ray runs what it was handed in the order handed).
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    slots = max(1, int(resources.get("CPU", threads)) // threads)
+    waiting = collections.deque(todo)
     attempts: dict[str, int] = {}
     pending: dict[Any, Cell] = {}
 
-    def submit(c: Cell) -> None:
-        attempts[c.label()] = attempts.get(c.label(), 0) + 1
-        pending[remote.remote(asdict(c), str(out.resolve()), threads, skip_conformance)] = c
+    def submit() -> None:
+        while waiting and len(pending) < slots:
+            c = waiting.popleft()
+            attempts[c.label()] = attempts.get(c.label(), 0) + 1
+            pending[remote.remote(asdict(c), str(out.resolve()), threads, skip_conformance)] = c
 
-    for c in todo:
-        submit(c)
+    submit()
     failed: list[str] = []
     start = time.time()
     finished = 0
@@ -328,10 +337,11 @@ def main(grid_path: Path, out: Path, runs_at_once: int | None, address: str | No
                 print(f"sweep: [{finished}/{len(todo)}] done {c.label()}{ret} ({elapsed})", flush=True)
             elif attempts[c.label()] <= retries:
                 print(f"sweep: failed {c.label()}: {res['error']}; retrying ({elapsed})", flush=True)
-                submit(c)
+                waiting.appendleft(c)
             else:
                 failed.append(c.label())
                 print(f"sweep: failed {c.label()}: {res['error']}; giving up ({elapsed})", flush=True)
+            submit()
     finally:
         ray.shutdown()
     if failed:
