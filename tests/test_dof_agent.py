@@ -252,21 +252,25 @@ def test_weight_normalisation_does_not_break_igd() -> None:
 # ---- (e) end to end through the CLI -------------------------------------------------------------------------
 
 ID = "diffrl/halfcheetah-2x3/random-v0"
+# The Ctrl-C/resume run trains on Hopper-3x1 (three agents): its evaluation episodes end when the untrained agents
+# fall, where HalfCheetah's last 1,000 steps each (most of the test's time went into them).
+HOPPER = "diffrl/hopper-3x1/random-v0"
 HP = [x for k, v in TINY.items() for x in ("--hp", f"{k}={v}")]
 
 
 @pytest.fixture(scope="module")
 def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random HalfCheetah-2x3 dataset (two agents, 3 joints each), made once for the module."""
+    """Small random HalfCheetah-2x3 (two agents, 3 joints each) and Hopper-3x1 datasets, made once for the module."""
     pytest.importorskip("minari")
     root = tmp_path_factory.mktemp("datasets")
-    assert cli.main(["dataset", "make", "--env", "HalfCheetah-2x3", "--kind", "random", "--out", str(root),
-                     "--size", "1500", "--eval-episodes", "1", "--no-progress"]) == 0
+    for env in ("HalfCheetah-2x3", "Hopper-3x1"):
+        assert cli.main(["dataset", "make", "--env", env, "--kind", "random", "--out", str(root),
+                         "--size", "1500", "--eval-episodes", "1", "--no-progress"]) == 0
     return root
 
 
 def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "dof", "--dataset", ID, "--dataset-root", str(root), "--steps", str(steps),
+    return ["train", "dof", "--dataset", HOPPER, "--dataset-root", str(root), "--steps", str(steps),
             "--out", str(out), "--seed", "1", "--eval-every", "200", "--eval-episodes", "1",
             "--checkpoint-every", "50", "--log-every", "25", "--threads", "1", "--no-progress", *HP, *extra]
 
@@ -280,13 +284,13 @@ def test_train_ctrl_c_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pyt
     record = json.loads((straight / "conformance.json").read_text())
     assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES["dof"]}
     conf = json.loads((straight / "config.json").read_text())
-    assert conf["identity"]["dataset"] == ID and conf["identity"]["env"] == "HalfCheetah-2x3"
+    assert conf["identity"]["dataset"] == HOPPER and conf["identity"]["env"] == "Hopper-3x1"
     assert conf["resolved"]["factorisation"] == "concat" and conf["resolved"]["K"] == 5
     train_rows = log_rows(straight / "train.csv")
     assert [r["step"] for r in train_rows] == [str(25 * i) for i in range(1, 9)]
     assert all(math.isfinite(float(r["critic_loss"])) and math.isfinite(float(r["actor_loss"])) for r in train_rows)
     evals = log_rows(straight / "eval.csv")
-    assert [r["step"] for r in evals] == ["0", "200"] and float(evals[0]["length_mean"]) == 1000.0
+    assert [r["step"] for r in evals] == ["0", "200"] and 1 <= float(evals[0]["length_mean"]) <= 1000
     argv = _train(root, stopped, 200, "--skip-conformance")
     code, lines = stop_after_checkpoint(argv, stopped, 100, signal.SIGINT, timeout=300)
     assert code == 130
@@ -303,7 +307,7 @@ def test_train_ctrl_c_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pyt
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = plotted(tmp_path / "plot", ID, cheetah_2x3, 200)
+    rows = plotted(tmp_path / "plot", HOPPER, cheetah_2x3, 200)
     assert list(rows) == ["dataset", "dof"] and rows["dof"]["at"]["200"]["n"] == 1
     # the partition's own views (overlapping in the torso entries) on the agent built from the dataset
     from diffrl_ref.rl import datasets

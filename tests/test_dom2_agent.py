@@ -27,6 +27,9 @@ from diffrl_ref.rl.datasets import JointTransitions  # noqa: E402
 from diffrl_ref.rl.dom2 import DOM2Agent, DOM2Config, solver_tau  # noqa: E402
 
 ID = "diffrl/halfcheetah-2x3/random-v0"
+# The end-to-end runs train on Hopper-3x1 (three agents): its evaluation episodes end when the untrained agents fall,
+# where HalfCheetah's last 1,000 steps each (most of the test's time went into them).
+HOPPER = "diffrl/hopper-3x1/random-v0"
 TINY = ["--hp", "hidden=16", "--hp", "batch_size=16", "--hp", "t_dim=4", "--hp", "eval_samples=4"]
 
 
@@ -130,16 +133,20 @@ def test_execution_is_decentralised() -> None:
 
 
 def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "dom2", "--dataset", ID, "--dataset-root", str(root), "--steps", str(steps), "--out", str(out),
+    return ["train", "dom2", "--dataset", HOPPER, "--dataset-root", str(root), "--steps", str(steps), "--out", str(out),
             "--seed", "1", "--eval-every", "100", "--eval-episodes", "1", "--checkpoint-every", "50",
-            "--log-every", "25", "--threads", "1", "--no-progress", *TINY, *extra]
+            "--log-every", "25", "--threads", "1", "--no-progress", *TINY, *FEW, *extra]
+
+
+# fewer diffusion and solver steps and CQL samples: the update's cost, not what the test checks
+FEW = ["--hp", "K=2", "--hp", "solver_steps=2", "--hp", "cql_samples=2"]
 
 
 @pytest.fixture(scope="module")
 def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The documented first command: a small random HalfCheetah-2x3 dataset (and a single-agent one)."""
+    """The documented first command: small random HalfCheetah-2x3 and Hopper-3x1 datasets (and a single-agent one)."""
     root = tmp_path_factory.mktemp("datasets")
-    for env in ("HalfCheetah-2x3", "Hopper-v5"):
+    for env in ("HalfCheetah-2x3", "Hopper-3x1", "Hopper-v5"):
         assert cli.main(["dataset", "make", "--env", env, "--kind", "random", "--out", str(root), "--size", "1000",
                          "--eval-episodes", "1", "--no-progress"]) == 0
     return root
@@ -147,15 +154,15 @@ def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """dataset make, train (the clauses checked first), a run killed with SIGKILL and resumed equal to a straight
-    run, then diffrl plot; evaluation runs in HalfCheetah-v5 (the partition's task) with decentralised agents."""
+    run, then diffrl plot; evaluation runs in Hopper-v5 (the partition's task) with three decentralised agents."""
     root = cheetah_2x3
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert cli.main(_train(root, straight, 300)) == 0
+    assert cli.main(_train(root, straight, 200)) == 0
     record = json.loads((straight / "conformance.json").read_text())
     assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES["dom2"]}
     conf = json.loads((straight / "config.json").read_text())
-    assert conf["identity"]["dataset"] == ID and conf["identity"]["env"] == "HalfCheetah-2x3"
-    argv = _train(root, killed, 300, "--skip-conformance")
+    assert conf["identity"]["dataset"] == HOPPER and conf["identity"]["env"] == "Hopper-3x1"
+    argv = _train(root, killed, 200, "--skip-conformance")
     stop_after_checkpoint(argv, killed, 100, timeout=300)
     assert not (killed / "done.json").exists()
     assert cli.main(argv) == 0
@@ -165,11 +172,11 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
     b = torch.load(killed / "checkpoint.pt", weights_only=False)["agent"]["policies"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     ev = list(csv.DictReader(open(straight / "eval.csv")))
-    assert [int(r["step"]) for r in ev] == [0, 100, 200, 300] and float(ev[-1]["length_mean"]) == 1000
+    assert [int(r["step"]) for r in ev] == [0, 100, 200] and 1 <= float(ev[-1]["length_mean"]) <= 1000
     capsys.readouterr()
-    assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "300"]) == 0
-    rows = plotted(tmp_path / "plot", ID, cheetah_2x3, 300)
-    assert list(rows) == ["dataset", "dom2"] and rows["dom2"]["at"]["300"]["n"] == 1
+    assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
+    rows = plotted(tmp_path / "plot", HOPPER, cheetah_2x3, 200)
+    assert list(rows) == ["dataset", "dom2"] and rows["dom2"]["at"]["200"]["n"] == 1
 
 
 @pytest.mark.parametrize("algo,dataset,needle", [

@@ -114,12 +114,12 @@ def test_make_train_kill_resume_plot(algo: str, hopper_random: Path, tmp_path: P
     killed with SIGKILL and resumed equal to a straight run, then diffrl plot."""
     root = hopper_random
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert cli.main(_train(algo, root, straight, 300)) == 0
+    assert cli.main(_train(algo, root, straight, 200)) == 0
     record = json.loads((straight / "conformance.json").read_text())
     assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES[algo]}
     conf = json.loads((straight / "config.json").read_text())
     assert conf["identity"]["dataset"] == ID and conf["identity"]["env"] == "Hopper-v5"
-    argv = _train(algo, root, killed, 300, "--skip-conformance")
+    argv = _train(algo, root, killed, 200, "--skip-conformance")
     stop_after_checkpoint(argv, killed, 100, timeout=300)
     assert not (killed / "done.json").exists()
     assert cli.main(argv) == 0
@@ -129,10 +129,10 @@ def test_make_train_kill_resume_plot(algo: str, hopper_random: Path, tmp_path: P
     b = torch.load(killed / "checkpoint.pt", weights_only=False)["agent"]["policy"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
-    assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "300"]) == 0
+    assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
     assert json.loads((straight / "dataset.json").read_text())["dataset"] == ID
-    rows = plotted(tmp_path / "plot", ID, root, 300)
-    assert list(rows) == ["dataset", algo] and rows[algo]["at"]["300"]["n"] == 1
+    rows = plotted(tmp_path / "plot", ID, root, 200)
+    assert list(rows) == ["dataset", algo] and rows[algo]["at"]["200"]["n"] == 1
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import pytest
-
 from diffrl_ref import spec
 from diffrl_ref.suite import selftest
 from diffrl_ref.suite.mutants import Mutant, all_mutants
@@ -69,10 +67,10 @@ def test_an_error_naming_the_clause_is_a_catch() -> None:
     assert v.caught and v.failed_props["boundary"].startswith("ValueError: schedule.alpha_bar"), v.failed_clauses()
 
 
-@pytest.mark.parametrize("name", ["alpha_bar_shifted_by_one", "ddpm_noise_no_sqrt"])
-def test_pruning_changes_no_verdict(name: str) -> None:
-    """Re-running every test of the suite gives the same failures as running only those the bug can reach."""
-    m = MUTANTS[name]
+def test_pruning_changes_no_verdict() -> None:
+    """Re-running every test of the suite gives the same failures as running only those the bug can reach (one
+    bug whose patched callable most tests never call, so that most of the suite is skipped when pruned)."""
+    m = MUTANTS["ddpm_noise_no_sqrt"]
     pruned, full = selftest.run_mutant(m), selftest.run_mutant(m, prune=False)
     assert full.ran == len(selftest.load_conformance()) > pruned.ran
     assert sorted(map(repr, pruned.failures)) == sorted(map(repr, full.failures))

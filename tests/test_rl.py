@@ -286,13 +286,13 @@ def _wait_for_checkpoint(out: Path, step: int, proc: subprocess.Popen[bytes], ti
 @pytest.mark.parametrize("algo", ["diffsr", "sac"])
 def test_kill_9_and_resume_reproduce_the_uninterrupted_run(algo: str, tmp_path: Path) -> None:
     """Same seed on CPU: straight run == killed-then-resumed run == a run extended from fewer steps."""
-    env, steps = "InvertedPendulum-v5", 1200
+    env, steps = "InvertedPendulum-v5", 900
     straight, killed, extended = tmp_path / "straight", tmp_path / "killed", tmp_path / "extended"
     assert cli.main(_args(algo, env, straight, steps)) == 0
     proc = subprocess.Popen([sys.executable, "-m", "diffrl_ref", *_args(algo, env, killed, steps)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_checkpoint(killed, 450, proc)
+        _wait_for_checkpoint(killed, 300, proc)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -301,9 +301,9 @@ def test_kill_9_and_resume_reproduce_the_uninterrupted_run(algo: str, tmp_path: 
     assert cli.main(_args(algo, env, killed, steps)) == 0
     _same_run(straight, killed)
     starts = [json.loads(line) for line in (killed / "starts.jsonl").read_text().splitlines()]
-    assert [x["kind"] for x in starts] == ["fresh", "resume"] and starts[0]["step"] == 0 and starts[1]["step"] >= 450
+    assert [x["kind"] for x in starts] == ["fresh", "resume"] and starts[0]["step"] == 0 and starts[1]["step"] >= 300
     assert starts[1]["cpu"] and starts[1]["host"]
-    assert cli.main(_args(algo, env, extended, 500)) == 0
+    assert cli.main(_args(algo, env, extended, 400)) == 0
     assert cli.main(_args(algo, env, extended, steps)) == 0
     _same_run(straight, extended)
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]

@@ -12,16 +12,27 @@ implementation records which clause callables each test calls (and that it passe
 calls none of the bug's patched callables executes exactly as in that run (the examples are
 derandomized and the code deterministic), so it passes without being re-run; ``prune=False``
 re-runs it anyway.
+
+The clean traces are the self-test's fixed cost (one run of the whole suite per target). With
+``DIFFRL_SELFTEST_CACHE=DIR`` a trace is kept in DIR and shared by every process that sets it (the
+test suite's workers and the CLI runs it starts), keyed by a hash of every file of the package, the
+conformance suite and the spec, and of the versions of Python and the libraries the suite runs on:
+any change to the code or its environment computes it anew.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import os
+import pickle
 import pkgutil
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import spec
@@ -135,9 +146,48 @@ def trace(target: str) -> Trace:
     return Trace(target, calls, not_passed)
 
 
+def _source_key(target: str) -> str:
+    """A hash of everything a trace depends on: the package, the suite and the spec (every file), and versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256(f"{target} {sys.version}".encode())
+    for lib in ("hypothesis", "numpy", "scipy", "torch"):
+        try:
+            h.update(f"{lib} {version(lib)}".encode())
+        except PackageNotFoundError:
+            h.update(f"{lib} absent".encode())
+    conformance = importlib.import_module("diffrl_ref.conformance")
+    roots = [Path(p) for p in (*importlib.import_module("diffrl_ref").__path__, *conformance.__path__)]
+    roots.append(spec.spec_dir())
+    for root in roots:
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
 @functools.cache
 def cached_trace(target: str) -> Trace:
-    return trace(target)
+    """The clean trace of ``target``, computed once per process, or once per DIFFRL_SELFTEST_CACHE folder."""
+    folder = os.environ.get("DIFFRL_SELFTEST_CACHE")
+    if not folder:
+        return trace(target)
+    import fcntl
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"trace-{target}-{_source_key(target)}.pickle"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first one's trace
+        if path.exists():
+            with open(path, "rb") as fh:
+                cached: Trace = pickle.load(fh)
+            return cached
+        tr = trace(target)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(tr))
+        os.replace(tmp, path)
+        return tr
 
 
 @dataclass
@@ -252,7 +302,7 @@ def run_all(clause_prefix: str = "", *, workers: int = 1, prune: bool = True,
     # spawn, not fork: torch's thread pools do not survive a fork; one thread per worker.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_thread) as pool:
-        traces = dict(zip(needed, pool.map(trace, needed), strict=True))
+        traces = dict(zip(needed, pool.map(cached_trace, needed), strict=True))
         # Slowest first (the production path, then larger patches) so the workers finish together.
         order = sorted(chosen, key=lambda m: (m.target != "fast", -len(m.patch)))
         results = {r["name"]: r for r in pool.map(_run_named, [(m.name, prune, traces[m.target]) for m in order])}
