@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("gymnasium")
 
-from runs_util import log_rows, plotted, stop_after_checkpoint  # noqa: E402
+from runs_util import HOPPER_3X1, log_rows, plotted, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import dof as F  # noqa: E402
@@ -252,14 +252,11 @@ def test_weight_normalisation_does_not_break_igd() -> None:
 # ---- (e) end to end through the CLI -------------------------------------------------------------------------
 
 ID = "diffrl/halfcheetah-2x3/random-v0"
-# The Ctrl-C/resume run trains on Hopper-3x1 (three agents): its evaluation episodes end when the untrained agents
-# fall, where HalfCheetah's last 1,000 steps each (most of the test's time went into them).
-HOPPER = "diffrl/hopper-3x1/random-v0"
 HP = [x for k, v in TINY.items() for x in ("--hp", f"{k}={v}")]
 
 
 @pytest.fixture(scope="module")
-def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def marl_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small random HalfCheetah-2x3 (two agents, 3 joints each) and Hopper-3x1 datasets, made once for the module."""
     pytest.importorskip("minari")
     root = tmp_path_factory.mktemp("datasets")
@@ -270,21 +267,21 @@ def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "dof", "--dataset", HOPPER, "--dataset-root", str(root), "--steps", str(steps),
+    return ["train", "dof", "--dataset", HOPPER_3X1, "--dataset-root", str(root), "--steps", str(steps),
             "--out", str(out), "--seed", "1", "--eval-every", "200", "--eval-episodes", "1",
             "--checkpoint-every", "50", "--log-every", "25", "--threads", "1", "--no-progress", *HP, *extra]
 
 
-def test_train_ctrl_c_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_ctrl_c_resume_plot(marl_datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """diffrl train dof (its clauses checked first), a run stopped by Ctrl-C and resumed equal to a straight
     run, then diffrl plot; the real partition's local views are read by the right agents only."""
-    root = cheetah_2x3
+    root = marl_datasets
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert cli.main(_train(root, straight, 200)) == 0
     record = json.loads((straight / "conformance.json").read_text())
     assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES["dof"]}
     conf = json.loads((straight / "config.json").read_text())
-    assert conf["identity"]["dataset"] == HOPPER and conf["identity"]["env"] == "Hopper-3x1"
+    assert conf["identity"]["dataset"] == HOPPER_3X1 and conf["identity"]["env"] == "Hopper-3x1"
     assert conf["resolved"]["factorisation"] == "concat" and conf["resolved"]["K"] == 5
     train_rows = log_rows(straight / "train.csv")
     assert [r["step"] for r in train_rows] == [str(25 * i) for i in range(1, 9)]
@@ -307,7 +304,7 @@ def test_train_ctrl_c_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pyt
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = plotted(tmp_path / "plot", HOPPER, cheetah_2x3, 200)
+    rows = plotted(tmp_path / "plot", HOPPER_3X1, marl_datasets, 200)
     assert list(rows) == ["dataset", "dof"] and rows["dof"]["at"]["200"]["n"] == 1
     # the partition's own views (overlapping in the torso entries) on the agent built from the dataset
     from diffrl_ref.rl import datasets
@@ -318,11 +315,11 @@ def test_train_ctrl_c_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pyt
     assert _execution_reads_own_view(ag, data.state[7]) == ag.N
 
 
-def test_sweep_grid_makes_dof_cells(cheetah_2x3: Path, tmp_path: Path) -> None:
+def test_sweep_grid_makes_dof_cells(marl_datasets: Path, tmp_path: Path) -> None:
     from diffrl_ref.rl import sweep
 
     grid = tmp_path / "grid.yaml"
-    grid.write_text(f"steps: 100\nseeds: [0, 1]\ndatasets: [{ID}]\ndataset_root: {cheetah_2x3}\n"
+    grid.write_text(f"steps: 100\nseeds: [0, 1]\ndatasets: [{ID}]\ndataset_root: {marl_datasets}\n"
                     "groups: [{algo: dof}, {algo: dof, name: dof-wconcat, hp: {factorisation: wconcat}}]\n")
     cells = sweep.load_grid(grid)
     assert [(c.group, c.algo, c.env, c.seed) for c in cells] == [

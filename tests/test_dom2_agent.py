@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("gymnasium_robotics")
 pytest.importorskip("minari")
 
-from runs_util import log_rows, plotted, stop_after_checkpoint  # noqa: E402
+from runs_util import HOPPER_3X1, log_rows, plotted, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.rl import gate  # noqa: E402
@@ -27,9 +27,6 @@ from diffrl_ref.rl.datasets import JointTransitions  # noqa: E402
 from diffrl_ref.rl.dom2 import DOM2Agent, DOM2Config, solver_tau  # noqa: E402
 
 ID = "diffrl/halfcheetah-2x3/random-v0"
-# The end-to-end runs train on Hopper-3x1 (three agents): its evaluation episodes end when the untrained agents fall,
-# where HalfCheetah's last 1,000 steps each (most of the test's time went into them).
-HOPPER = "diffrl/hopper-3x1/random-v0"
 TINY = ["--hp", "hidden=16", "--hp", "batch_size=16", "--hp", "t_dim=4", "--hp", "eval_samples=4"]
 
 
@@ -132,18 +129,19 @@ def test_execution_is_decentralised() -> None:
 # ---- end to end ------------------------------------------------------------------------------------
 
 
-def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "dom2", "--dataset", HOPPER, "--dataset-root", str(root), "--steps", str(steps), "--out", str(out),
-            "--seed", "1", "--eval-every", "100", "--eval-episodes", "1", "--checkpoint-every", "50",
-            "--log-every", "25", "--threads", "1", "--no-progress", *TINY, *FEW, *extra]
-
-
 # fewer diffusion and solver steps and CQL samples: the update's cost, not what the test checks
 FEW = ["--hp", "K=2", "--hp", "solver_steps=2", "--hp", "cql_samples=2"]
 
 
+def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", "dom2", "--dataset", HOPPER_3X1, "--dataset-root", str(root), "--steps", str(steps),
+            "--out", str(out), "--seed", "1", "--eval-every", "100", "--eval-episodes", "1", "--checkpoint-every", "50",
+            "--log-every", "25", "--threads", "1", "--no-progress", *TINY, *FEW, *extra]
+
+
+
 @pytest.fixture(scope="module")
-def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def marl_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The documented first command: small random HalfCheetah-2x3 and Hopper-3x1 datasets (and a single-agent one)."""
     root = tmp_path_factory.mktemp("datasets")
     for env in ("HalfCheetah-2x3", "Hopper-3x1", "Hopper-v5"):
@@ -152,16 +150,16 @@ def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_make_train_kill_resume_plot(marl_datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """dataset make, train (the clauses checked first), a run killed with SIGKILL and resumed equal to a straight
     run, then diffrl plot; evaluation runs in Hopper-v5 (the partition's task) with three decentralised agents."""
-    root = cheetah_2x3
+    root = marl_datasets
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert cli.main(_train(root, straight, 200)) == 0
     record = json.loads((straight / "conformance.json").read_text())
     assert record["clause_status"] == {c: "pass" for c in gate.CLAUSES["dom2"]}
     conf = json.loads((straight / "config.json").read_text())
-    assert conf["identity"]["dataset"] == HOPPER and conf["identity"]["env"] == "Hopper-3x1"
+    assert conf["identity"]["dataset"] == HOPPER_3X1 and conf["identity"]["env"] == "Hopper-3x1"
     argv = _train(root, killed, 200, "--skip-conformance")
     stop_after_checkpoint(argv, killed, 100, timeout=300)
     assert not (killed / "done.json").exists()
@@ -175,7 +173,7 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
     assert [int(r["step"]) for r in ev] == [0, 100, 200] and 1 <= float(ev[-1]["length_mean"]) <= 1000
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = plotted(tmp_path / "plot", HOPPER, cheetah_2x3, 200)
+    rows = plotted(tmp_path / "plot", HOPPER_3X1, marl_datasets, 200)
     assert list(rows) == ["dataset", "dom2"] and rows["dom2"]["at"]["200"]["n"] == 1
 
 
@@ -184,9 +182,9 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
     ("diffusion-ql", ID, "is multi-agent (HalfCheetah-2x3); diffusion-ql trains on single-agent datasets, "
                          "multi-agent ones train dom2, dof, madiff"),
 ])
-def test_wrong_kind_of_dataset_is_one_line(algo: str, dataset: str, needle: str, cheetah_2x3: Path, tmp_path: Path,
+def test_wrong_kind_of_dataset_is_one_line(algo: str, dataset: str, needle: str, marl_datasets: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["train", algo, "--dataset", dataset, "--dataset-root", str(cheetah_2x3), "--steps", "10", "--out",
+    argv = ["train", algo, "--dataset", dataset, "--dataset-root", str(marl_datasets), "--steps", "10", "--out",
             str(tmp_path / "run"), "--no-progress", *TINY]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()

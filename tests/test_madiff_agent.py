@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
 
-from runs_util import log_rows, plotted, stop_after_checkpoint  # noqa: E402
+from runs_util import HOPPER_3X1, log_rows, plotted, stop_after_checkpoint  # noqa: E402
 
 from diffrl_ref import cli  # noqa: E402
 from diffrl_ref.fast import guidance  # noqa: E402
@@ -284,20 +284,17 @@ def test_evaluate_starts_every_episode_with_new_episode() -> None:
 # ---- end to end ---------------------------------------------------------------------------------------------
 
 ID = "diffrl/halfcheetah-2x3/random-v0"
-# The training runs use Hopper-3x1 (three agents): its evaluation episodes end when the untrained agents fall, where
-# HalfCheetah's last 1,000 steps each (most of the test's time went into them).
-HOPPER = "diffrl/hopper-3x1/random-v0"
 HP = [x for k, v in {**TINY, "eval_steps": 1}.items() for x in ("--hp", f"{k}={v}")]
 
 
 def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "madiff", "--dataset", HOPPER, "--dataset-root", str(root), "--steps", str(steps),
+    return ["train", "madiff", "--dataset", HOPPER_3X1, "--dataset-root", str(root), "--steps", str(steps),
             "--out", str(out), "--seed", "1", "--eval-every", "200", "--eval-episodes", "1",
             "--checkpoint-every", "50", "--log-every", "25", "--threads", "1", "--no-progress", *HP, *extra]
 
 
 @pytest.fixture(scope="module")
-def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def marl_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small random HalfCheetah-2x3 and Hopper-3x1 datasets, made once for the module."""
     root = tmp_path_factory.mktemp("datasets")
     for env in ("HalfCheetah-2x3", "Hopper-3x1"):
@@ -306,11 +303,11 @@ def cheetah_2x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_make_train_kill_resume_plot(marl_datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The documented sequence on a partition's dataset (Hopper-3x1, three agents): train (clauses checked
     first), a run stopped with Ctrl-C (exit 130, one line saying how to resume) and resumed equal to a straight
     run (logs and weights), then diffrl plot."""
-    root = cheetah_2x3
+    root = marl_datasets
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert cli.main(_train(root, straight, 200)) == 0
     record = json.loads((straight / "conformance.json").read_text())
@@ -333,15 +330,15 @@ def test_make_train_kill_resume_plot(cheetah_2x3: Path, tmp_path: Path, capsys: 
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     capsys.readouterr()
     assert cli.main(["plot", str(straight), "--out", str(tmp_path / "plot"), "--at", "200"]) == 0
-    rows = plotted(tmp_path / "plot", HOPPER, cheetah_2x3, 200)
+    rows = plotted(tmp_path / "plot", HOPPER_3X1, marl_datasets, 200)
     assert list(rows) == ["dataset", "madiff"] and rows["madiff"]["at"]["200"]["n"] == 1
 
 
-def test_sweep_grid_makes_madiff_cells(cheetah_2x3: Path, tmp_path: Path) -> None:
+def test_sweep_grid_makes_madiff_cells(marl_datasets: Path, tmp_path: Path) -> None:
     from diffrl_ref.rl import sweep
 
     grid = tmp_path / "grid.yaml"
-    grid.write_text(f"steps: 100\nseeds: [0, 1]\ndatasets: [{ID}]\ndataset_root: {cheetah_2x3}\n"
+    grid.write_text(f"steps: 100\nseeds: [0, 1]\ndatasets: [{ID}]\ndataset_root: {marl_datasets}\n"
                     "groups: [{algo: madiff}, {algo: madiff, name: madiff-ddpm, hp: {eval_sampler: ddpm}}]\n")
     cells = sweep.load_grid(grid)
     assert [(c.group, c.algo, c.env, c.seed) for c in cells] == [
@@ -369,9 +366,9 @@ def test_bad_hyperparameters_exit_2_with_one_line(hp: list[str], needle: str, tm
     assert not (tmp_path / "run").exists()
 
 
-def test_a_horizon_longer_than_every_episode_exits_2_with_one_line(cheetah_2x3: Path, tmp_path: Path,
+def test_a_horizon_longer_than_every_episode_exits_2_with_one_line(marl_datasets: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    argv = _train(cheetah_2x3, tmp_path / "run", 10, "--skip-conformance", "--hp", "horizon=5000")
+    argv = _train(marl_datasets, tmp_path / "run", 10, "--skip-conformance", "--hp", "horizon=5000")
     assert cli.main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()  # the --skip-conformance notice, then the error
     assert len(lines) == 2 and "no episode has the horizon's 5000 observations" in lines[1], lines
