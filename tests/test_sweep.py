@@ -108,7 +108,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_logs(tmp_path: Path) -> None:
     straight sweep; a sweep killed (SIGKILL to its whole process group) mid-way and rerun; identical logs in
     every cell; a third run finds nothing to do."""
     grid = tmp_path / "grid.yaml"
-    grid.write_text(GRID.replace("steps: 1500", "steps: 900"))
+    grid.write_text(GRID.replace("steps: 1500", "steps: 600"))
     cells = sweep.select(sweep.load_grid(grid), seeds=[0])
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 

@@ -30,7 +30,7 @@ import pickle
 import pkgutil
 import sys
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,7 @@ def run_all(clause_prefix: str = "", *, workers: int = 1, prune: bool = True,
     """Every planted bug whose clause starts with ``clause_prefix``; also returns the clean traces."""
     chosen = [m for m in all_mutants() if m.clause.startswith(clause_prefix) and m.target in set(targets)]
     needed = sorted({m.target for m in chosen})
+    traces: dict[str, Trace]
     if workers <= 1:
         traces = {t: cached_trace(t) for t in needed}
         return [run_mutant(m, prune=prune, tr=traces[m.target]) for m in chosen], traces
@@ -302,10 +303,18 @@ def run_all(clause_prefix: str = "", *, workers: int = 1, prune: bool = True,
     # spawn, not fork: torch's thread pools do not survive a fork; one thread per worker.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_one_thread) as pool:
-        traces = dict(zip(needed, pool.map(cached_trace, needed), strict=True))
-        # Slowest first (the production path, then larger patches) so the workers finish together.
-        order = sorted(chosen, key=lambda m: (m.target != "fast", -len(m.patch)))
-        results = {r["name"]: r for r in pool.map(_run_named, [(m.name, prune, traces[m.target]) for m in order])}
+        # A target's bugs are queued as soon as its clean trace is in (one may come from DIFFRL_SELFTEST_CACHE at
+        # once while the other is computed); within a target slowest first (larger patches) so the workers finish
+        # together.
+        pending = {pool.submit(cached_trace, t): t for t in needed}
+        traces = {}
+        runs: list[Future[dict[str, Any]]] = []
+        for done in as_completed(pending):
+            t = pending[done]
+            traces[t] = done.result()
+            order = sorted((m for m in chosen if m.target == t), key=lambda m: -len(m.patch))
+            runs += [pool.submit(_run_named, (m.name, prune, traces[t])) for m in order]
+        results = {r["name"]: r for r in (f.result() for f in runs)}
     verdicts = []
     for m in chosen:
         r = results[m.name]
