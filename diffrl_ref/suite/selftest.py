@@ -15,8 +15,8 @@ re-runs it anyway.
 
 The clean traces are the self-test's fixed cost (one run of the whole suite per target). With
 ``DIFFRL_SELFTEST_CACHE=DIR`` a trace is kept in DIR and shared by every process that sets it (the
-test suite's workers and the CLI runs it starts), keyed by a hash of every file of the package, the
-conformance suite and the spec, and of the versions of Python and the libraries the suite runs on:
+test suite's workers and the CLI runs it starts), keyed by a hash of every module of the package and
+the conformance suite, every file of the spec, and the versions of Python and the libraries the suite runs on:
 any change to the code or its environment computes it anew.
 """
 
@@ -147,7 +147,9 @@ def trace(target: str) -> Trace:
 
 
 def _source_key(target: str) -> str:
-    """A hash of everything a trace depends on: the package, the suite and the spec (every file), and versions."""
+    """A hash of everything a trace depends on: every module of the package and its conformance suite (by module
+    name, so a checkout and the installed wheel, whose trees differ in layout and in generated files, agree), every
+    file of the spec, and versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     h = hashlib.sha256(f"{target} {sys.version}".encode())
@@ -156,14 +158,18 @@ def _source_key(target: str) -> str:
             h.update(f"{lib} {version(lib)}".encode())
         except PackageNotFoundError:
             h.update(f"{lib} absent".encode())
-    conformance = importlib.import_module("diffrl_ref.conformance")
-    roots = [Path(p) for p in (*importlib.import_module("diffrl_ref").__path__, *conformance.__path__)]
-    roots.append(spec.spec_dir())
-    for root in roots:
-        for f in sorted(root.rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts:
-                h.update(str(f.relative_to(root)).encode())
-                h.update(f.read_bytes())
+    sources: dict[str, bytes] = {}
+    for pkg in ("diffrl_ref", "diffrl_ref.conformance"):
+        for root in importlib.import_module(pkg).__path__:
+            for f in Path(root).rglob("*.py"):
+                rel = f.relative_to(root).with_suffix("").parts
+                sources[".".join((pkg, *rel))] = f.read_bytes()
+    for name in sorted(sources):
+        h.update(name.encode() + b"\0" + sources[name])
+    root = spec.spec_dir()
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:32]
 
 
