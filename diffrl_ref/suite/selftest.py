@@ -160,16 +160,16 @@ def _source_key(target: str) -> str:
             h.update(f"{lib} absent".encode())
     sources: dict[str, bytes] = {}
     for pkg in ("diffrl_ref", "diffrl_ref.conformance"):
-        for root in importlib.import_module(pkg).__path__:
-            for f in Path(root).rglob("*.py"):
-                rel = f.relative_to(root).with_suffix("").parts
+        for folder in importlib.import_module(pkg).__path__:
+            for f in Path(folder).rglob("*.py"):
+                rel = f.relative_to(folder).with_suffix("").parts
                 sources[".".join((pkg, *rel))] = f.read_bytes()
     for name in sorted(sources):
         h.update(name.encode() + b"\0" + sources[name])
-    root = spec.spec_dir()
-    for f in sorted(root.rglob("*")):
+    spec_root = spec.spec_dir()
+    for f in sorted(spec_root.rglob("*")):
         if f.is_file():
-            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+            h.update(str(f.relative_to(spec_root)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:32]
 
 
