@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -13,6 +15,7 @@ from numpy.typing import NDArray
 BELOW_ONE = 1.0 - 2.0**-8
 
 
+@functools.lru_cache(maxsize=4096)  # strategies are immutable: built and validated once per bounds
 def finite(lo: float, hi: float) -> st.SearchStrategy[float]:
     """Finite floats in [lo, hi]; magnitudes below TINY are flushed to 0 when 0 lies in range.
 
@@ -62,6 +65,7 @@ def betas(
 TINY = 1e-12
 
 
+@functools.lru_cache(maxsize=4096)
 def batch(B: int, d: int, scale: float = 10.0) -> st.SearchStrategy[NDArray[np.float64]]:
     """(B, d) arrays in [-scale, scale]; magnitudes below 1e-12 are flushed to 0.
 
