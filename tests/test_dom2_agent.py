@@ -139,7 +139,6 @@ def _train(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
             "--log-every", "25", "--threads", "1", "--no-progress", *TINY, *FEW, *extra]
 
 
-
 @pytest.fixture(scope="module")
 def marl_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The documented first command: small random HalfCheetah-2x3 and Hopper-3x1 datasets (and a single-agent one)."""
