@@ -216,7 +216,6 @@ def _d3rlpy_python() -> str:
                 "`tox -e d3rlpy` (baselines/constraints-d3rlpy.txt)")
 
 
-
 def test_d3rlpy_iql_run_resumes_and_is_plotted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """diffrl dataset make (gymnasium 1.4.0) -> d3rlpy_run.py iql (d3rlpy's python, gymnasium 1.0.0), a run
     extended from its checkpoint equal to a straight one -> diffrl plot."""

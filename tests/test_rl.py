@@ -223,7 +223,6 @@ def _args(algo: str, env: str, out: Path, steps: int, *extra: str, every: int = 
             *([] if gate else ["--skip-conformance"])]
 
 
-
 def _same_run(a: Path, b: Path) -> None:
     for name in ("eval.csv", "episodes.csv", "train.csv"):
         ra, rb = log_rows(a / name), log_rows(b / name)

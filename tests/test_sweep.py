@@ -42,7 +42,6 @@ groups:
 LOGS = ("eval.csv", "train.csv", "episodes.csv")
 
 
-
 def _sweep(grid: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "diffrl_ref", "sweep", str(grid), "--out", str(out), "--runs-at-once", "2",
             "--skip-conformance"]
